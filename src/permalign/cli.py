@@ -1,0 +1,342 @@
+"""The ``permalign`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import zoo
+from .data import DATASET_SHAPES, Dataset, canonical_name, load_dataset
+from .errors import PermalignError
+from .interpolate import DEFAULT_POINTS, Curve, interpolation_curve
+from .io import (atomic_write_text, check_writable, load_checkpoint_for, save_state_dict)
+from .match import METHODS
+from .provenance import provenance
+from .spec import PermutationSpec, perm_to_json
+from .train import DEFAULT_EPOCHS, TrainConfig
+from .workflow import align, build_seeded, compare_alignments, train_from_seed
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ------------------------------------------------------------------ shared options
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must be integers like 1,28,28"
+                                         ) from None
+    if not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must be positive integers")
+    return shape
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required,
+                   help="model string, e.g. mlp:depth=3,width=512 or resnet20:width=4,norm=ln")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (bundled, default), fashion-mnist, mnist, cifar10, cifar100")
+    p.add_argument("--data-dir", help="directory holding the data set's files")
+    p.add_argument("--input-shape", type=_shape, help="model input shape, e.g. 1,28,28 "
+                   "(default: from --dataset)")
+    p.add_argument("--num-classes", type=int, help="number of classes (default: from --dataset)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PermalignError(f"unknown device {name!r}; use cpu, cuda or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PermalignError("--device cuda given but CUDA is not available; use --device cpu")
+    return device
+
+
+def _shape_and_classes(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
+    shape, classes = DATASET_SHAPES[canonical_name(args.dataset)]
+    if args.num_classes is not None and args.num_classes < 1:
+        raise PermalignError("--num-classes must be >= 1")
+    return args.input_shape or shape, args.num_classes or classes
+
+
+def _model(args: argparse.Namespace, seed: int = 0):
+    shape, classes = _shape_and_classes(args)
+    return build_seeded(args.model, shape, classes, seed)
+
+
+def _data(args: argparse.Namespace) -> Dataset:
+    data = load_dataset(args.dataset, args.data_dir)
+    shape, classes = _shape_and_classes(args)
+    if data.input_shape != shape and (len(shape) != 1 or
+                                      shape[0] != data.train_x[0].numel()):
+        raise PermalignError(f"--input-shape {shape} does not match {args.dataset}'s "
+                             f"{data.input_shape}")
+    return data
+
+
+def _load_pair(args: argparse.Namespace, reference: dict[str, torch.Tensor]):
+    return [load_checkpoint_for(path, reference) for path in (args.a, args.b)]
+
+
+def _write_json(path: str | Path, obj: Any, *, force: bool) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False), force=force)
+
+
+def _barrier_table(rows: dict[str, dict[str, float]]) -> str:
+    header = f"{'method':<12}{'train loss':>12}{'test loss':>12}{'train err':>12}{'test err':>12}"
+    lines = ["barriers (loss, and accuracy error as a fraction):", header]
+    for name, b in rows.items():
+        lines.append(f"{name:<12}{b['train_loss']:>12.4f}{b['test_loss']:>12.4f}"
+                     f"{b['train_acc']:>12.4f}{b['test_acc']:>12.4f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path, plot_path = out / "results.json", out / "interpolation.png"
+    for path in (results_path, plot_path):
+        check_writable(path, force=args.force)
+    device = _device(args.device)
+    data = load_dataset(args.dataset, args.data_dir)
+    if args.train_subset:
+        data = data.subset(train=args.train_subset)
+    model_string = args.model
+    epochs = args.epochs or DEFAULT_EPOCHS[canonical_name(args.dataset)]
+    states = []
+    for seed in (args.seed_a, args.seed_b):
+        print(f"training {model_string} on {data.name} from seed {seed} ({epochs} epochs)",
+              flush=True)
+        states.append(train_from_seed(model_string, data, TrainConfig(epochs=epochs, seed=seed),
+                                      device=device, progress=not args.quiet))
+    model, spec = build_seeded(model_string, data.input_shape, data.num_classes, 0)
+    print("aligning B to A with weight matching and measuring the interpolation curves",
+          flush=True)
+    curves, matches = compare_alignments(model, spec, states[0], states[1], data, ["weight"],
+                                         seed=args.seed, points=args.points, device=device,
+                                         progress=not args.quiet)
+    barriers = {name: c.barriers() for name, c in curves.items()}
+    print(_barrier_table(barriers))
+    results = {
+        "methods": {name: c.to_json() for name, c in curves.items()},
+        "match": {name: {k: v for k, v in m.to_json().items() if k != "perm"}
+                  for name, m in matches.items()},
+        "provenance": provenance(seeds={"model_a": args.seed_a, "model_b": args.seed_b,
+                                        "matching": args.seed}, device=device, started=started,
+                                 extra={"model": model_string, "dataset": data.name,
+                                        "epochs": epochs,
+                                        "train_size": len(data.train_x),
+                                        "test_size": len(data.test_x)}),
+    }
+    from .plot import plot_curves
+    plot_curves(curves, plot_path, force=args.force,
+                title=f"{model_string} on {data.name}: naive vs weight-matched")
+    _write_json(results_path, results, force=args.force)
+    print(f"wrote {results_path} and {plot_path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    check_writable(args.out, force=args.force)
+    device = _device(args.device)
+    data = _data(args)
+    if args.train_subset:
+        data = data.subset(train=args.train_subset)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[canonical_name(
+        args.dataset)]
+    cfg = TrainConfig(epochs=epochs, seed=args.seed, lr=args.lr, optimizer=args.optimizer,
+                      batch_size=args.batch_size)
+    _model(args)  # fail on a bad model string before training starts
+    state = train_from_seed(args.model, data, cfg, device=device, progress=not args.quiet)
+    model, _ = _model(args)
+    model.load_state_dict(state)
+    from .evaluate import evaluate
+    loss, acc = evaluate(model, data.test_x, data.test_y)
+    save_state_dict(state, args.out, force=args.force)
+    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}; wrote {args.out}")
+    return 0
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name in ("max_iter", "epochs", "lr", "batch_size", "num_batches"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    started = time.time()
+    check_writable(args.out, force=args.force)
+    if args.perm_out:
+        check_writable(args.perm_out, force=args.force)
+    device = _device(args.device)
+    model, spec = _model(args)
+    if args.spec:
+        spec = PermutationSpec.load(args.spec)
+    state_a, state_b = _load_pair(args, model.state_dict())
+    needs_data = args.method != "weight"
+    data = _data(args) if needs_data else None
+    aligned, result = align(args.method, spec, model, state_a, state_b, data=data,
+                            seed=args.seed, device=device, **_method_options(args))
+    save_state_dict(aligned, args.out, force=args.force)
+    if args.perm_out:
+        record = result.to_json()
+        record["provenance"] = provenance(seeds={"matching": args.seed}, device=device,
+                                          started=started)
+        _write_json(args.perm_out, record, force=args.force)
+    print(f"{args.method} matching: {len(result.history)} steps, objective "
+          f"{result.history[-1] if result.history else float('nan'):.6g}; wrote {args.out}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    started = time.time()
+    for path in (args.out, args.plot):
+        if path:
+            check_writable(path, force=args.force)
+    if args.points < 2:
+        raise PermalignError("--points must be at least 2")
+    device = _device(args.device)
+    model, _ = _model(args)
+    state_a, state_b = _load_pair(args, model.state_dict())
+    data = _data(args)
+    if args.eval_subset:
+        data = data.subset(train=args.eval_subset, test=args.eval_subset)
+    curve = interpolation_curve(model, state_a, state_b, data, points=args.points,
+                                bn_reset=args.bn_reset, repair=args.repair, device=device,
+                                progress=not args.quiet)
+    print(_barrier_table({"A-B": curve.barriers()}))
+    record = curve.to_json()
+    record["provenance"] = provenance(seeds={}, device=device, started=started,
+                                      extra={"a": str(args.a), "b": str(args.b),
+                                             "model": args.model, "dataset": data.name})
+    if args.plot:
+        from .plot import plot_curves
+        plot_curves({"A-B": curve}, args.plot, force=args.force)
+    if args.out:
+        _write_json(args.out, record, force=args.force)
+    return 0
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable(args.out, force=args.force)
+    model, spec = _model(args)
+    spec.validate(model.state_dict())
+    print(spec.describe())
+    if args.out:
+        atomic_write_text(args.out, json.dumps(spec.to_json(), indent=1), force=args.force)
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="permalign", description="Align and merge neural networks modulo "
+                     "permutation symmetries (Git Re-Basin).")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"permalign {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="train two MLPs, align them, show the barriers")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir")
+    p.add_argument("--model", default="mlp:depth=3,width=512")
+    p.add_argument("--out", default="permalign-demo")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--train-subset", type=int, help="train on this many examples")
+    p.add_argument("--points", type=int, default=DEFAULT_POINTS)
+    p.add_argument("--seed-a", type=int, default=0)
+    p.add_argument("--seed-b", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the matching")
+    p.add_argument("--device", default="auto")
+    _add_output_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model from a seed and save its state dict")
+    _add_model_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--out", required=True, help="checkpoint (.pt or .safetensors)")
+    _add_output_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("align", help="permute checkpoint B to line up with checkpoint A")
+    p.add_argument("a")
+    p.add_argument("b")
+    _add_model_args(p)
+    p.add_argument("--method", default="weight", choices=sorted(METHODS))
+    p.add_argument("--spec", help="permutation spec JSON (default: the zoo model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iter", type=int)
+    p.add_argument("--out", required=True, help="aligned B checkpoint")
+    p.add_argument("--perm-out", help="write the permutation and its history as JSON")
+    _add_output_args(p)
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("interpolate", help="loss/accuracy along the line from A to B")
+    p.add_argument("a")
+    p.add_argument("b")
+    _add_model_args(p)
+    p.add_argument("--points", type=int, default=DEFAULT_POINTS)
+    p.add_argument("--eval-subset", type=int, help="evaluate on this many examples per split")
+    p.add_argument("--bn-reset", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-estimate BatchNorm statistics at every point (default: on for BN)")
+    p.add_argument("--repair", action="store_true", help="apply REPAIR at interior points")
+    p.add_argument("--out", help="curve JSON")
+    p.add_argument("--plot", help="curve PNG")
+    _add_output_args(p)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("spec", help="print (and save) a model's permutation spec")
+    _add_model_args(p)
+    p.add_argument("--out", help="write the spec as JSON")
+    _add_output_args(p)
+    p.set_defaults(func=cmd_spec)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PermalignError as exc:
+        print(f"permalign: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("permalign: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,233 @@
+"""Data sets as in-memory tensors: bundled digits, IDX (MNIST-style) files, CIFAR pickles.
+
+Every loader returns a :class:`Dataset` of standardised float tensors. Where files are
+missing the error says where it looked and how to get them.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError, PermalignError
+
+DEFAULT_ROOT = Path("/usr/share/datasets")
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors: ``x`` is (N, *input_shape) float32, ``y`` is (N,) int64."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def subset(self, train: int | None = None, test: int | None = None, seed: int = 0
+               ) -> "Dataset":
+        """A seeded random subset of the train and/or test split."""
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(x: torch.Tensor, y: torch.Tensor, n: int | None):
+            if n is None or n >= len(x):
+                return x, y
+            idx = torch.randperm(len(x), generator=g)[:n]
+            return x[idx], y[idx]
+
+        tx, ty = pick(self.train_x, self.train_y, train)
+        vx, vy = pick(self.test_x, self.test_y, test)
+        return Dataset(self.name, tx, ty, vx, vy, self.num_classes)
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return Dataset(self.name, self.train_x.to(device), self.train_y.to(device),
+                       self.test_x.to(device), self.test_y.to(device), self.num_classes)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+            generator: torch.Generator | None = None, drop_last: bool = False
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Minibatches of in-memory tensors (optionally shuffled with ``generator``)."""
+    n = len(x)
+    order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield x[start:start + batch_size], y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield x[idx], y[idx]
+
+
+def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel standardisation with the training set's statistics."""
+    dims = [0] + list(range(2, train.dim()))
+    mean = train.mean(dim=dims, keepdim=True)
+    std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return (train - mean) / std, (test - mean) / std
+
+
+def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's 1,797 bundled 8x8 digits, as (1, 8, 8) images, fixed seeded split."""
+    from sklearn.datasets import load_digits as sk_digits
+    bunch = sk_digits()
+    x = torch.tensor(bunch.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(len(x) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    train_x, test_x = _standardise(x[train], x[test])
+    return Dataset("digits", train_x, y[train], test_x, y[test], 10)
+
+
+# ------------------------------------------------------------------ IDX files
+IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (gzipped or not) into an array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, "
+                        f"found {data.size}")
+    return data.reshape(dims)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def candidate_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
+    """Where a data set is looked for: --data-dir, $PERMALIGN_DATA/<name>, /usr/share/datasets/<name>."""
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs += [Path(data_dir), Path(data_dir) / name]
+    env = os.environ.get("PERMALIGN_DATA")
+    if env:
+        dirs += [Path(env) / name, Path(env)]
+    dirs.append(DEFAULT_ROOT / name)
+    return dirs
+
+
+HOW_TO_GET = {
+    "fashion-mnist": "install Debian's package dataset-fashion-mnist (apt-get install "
+                     "dataset-fashion-mnist) or put the four IDX files in --data-dir",
+    "mnist": "put the four MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in --data-dir",
+    "cifar10": "extract cifar-10-python.tar.gz and pass its cifar-10-batches-py folder as "
+               "--data-dir",
+    "cifar100": "extract cifar-100-python.tar.gz and pass its cifar-100-python folder as "
+                "--data-dir",
+}
+
+
+def load_idx_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """MNIST or Fashion-MNIST from the four standard IDX files."""
+    dirs = candidate_dirs(name, data_dir)
+    for directory in dirs:
+        paths = {k: _find(directory, stem) for k, stem in IDX_FILES.items()}
+        if all(paths.values()):
+            arrays = {k: read_idx(p) for k, p in paths.items()}  # type: ignore[arg-type]
+            train_x = torch.tensor(arrays["train_x"], dtype=torch.float32).unsqueeze(1) / 255
+            test_x = torch.tensor(arrays["test_x"], dtype=torch.float32).unsqueeze(1) / 255
+            train_x, test_x = _standardise(train_x, test_x)
+            return Dataset(name, train_x, torch.tensor(arrays["train_y"], dtype=torch.long),
+                           test_x, torch.tensor(arrays["test_y"], dtype=torch.long), 10)
+    raise DataError(f"{name} not found (looked in {', '.join(map(str, dirs))}); "
+                    f"{HOW_TO_GET[name]}")
+
+
+def load_cifar(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """CIFAR-10/100 from the standard python pickle batches (plain arrays, no code)."""
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    dirs = candidate_dirs(name, data_dir)
+    dirs += [d / folder for d in list(dirs)]
+    if name == "cifar10":
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_files, label_key = ["test_batch"], b"labels"
+    else:
+        train_files, test_files, label_key = ["train"], ["test"], b"fine_labels"
+    for directory in dirs:
+        if all((directory / f).is_file() for f in train_files + test_files):
+            def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+                xs, ys = [], []
+                for f in files:
+                    with open(directory / f, "rb") as fh:
+                        batch = _RestrictedUnpickler(fh).load()
+                    xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                    ys.append(np.asarray(batch[label_key], dtype=np.int64))
+                return (torch.tensor(np.concatenate(xs), dtype=torch.float32) / 255,
+                        torch.tensor(np.concatenate(ys)))
+            (tx, ty), (vx, vy) = read(train_files), read(test_files)
+            tx, vx = _standardise(tx, vx)
+            return Dataset(name, tx, ty, vx, vy, 10 if name == "cifar10" else 100)
+    raise DataError(f"{name} not found (looked in {', '.join(map(str, dirs))}); "
+                    f"{HOW_TO_GET[name]}")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays: CIFAR batches hold nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def __init__(self, fh) -> None:
+        super().__init__(fh, encoding="bytes")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name} from a CIFAR batch file")
+
+
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """Load a data set by name: digits (bundled), fashion-mnist, mnist, cifar10, cifar100."""
+    key = canonical_name(name)
+    if key == "digits":
+        return load_digits()
+    if key in ("fashion-mnist", "mnist"):
+        return load_idx_dataset(key, data_dir)
+    return load_cifar(key, data_dir)
+
+
+# (input shape, classes) of each named data set, known without loading it
+DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), 10), "fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+}
+
+
+def canonical_name(name: str) -> str:
+    key = name.lower().replace("_", "-")
+    key = {"cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
+    if key not in DATASET_SHAPES:
+        raise PermalignError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+    return key

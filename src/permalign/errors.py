@@ -1,0 +1,18 @@
+"""Error types shared by the library and the command line."""
+from __future__ import annotations
+
+
+class PermalignError(Exception):
+    """A problem with the user's input: reported as one line, exit code 2, no traceback."""
+
+
+class SpecError(PermalignError):
+    """A permutation spec that does not fit a model or state dict."""
+
+
+class CheckpointError(PermalignError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+class DataError(PermalignError):
+    """A data set that cannot be found or read."""

@@ -1,0 +1,138 @@
+"""Weight interpolation, interpolation curves, barriers and BatchNorm re-estimation."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Dataset, batches
+from .evaluate import evaluate
+
+DEFAULT_POINTS = 25
+METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
+
+
+def lerp_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
+               lam: float) -> dict[str, torch.Tensor]:
+    """``(1 - lam) * A + lam * B`` for floating tensors; integer buffers are taken from A."""
+    return {k: torch.lerp(a, state_b[k].to(a.device), lam) if a.is_floating_point() else a.clone()
+            for k, a in state_a.items()}
+
+
+def mean_state(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of several state dicts (integer buffers from the first)."""
+    first = states[0]
+    return {k: torch.stack([s[k].to(v.device) for s in states]).mean(0) if v.is_floating_point()
+            else v.clone() for k, v in first.items()}
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def reset_bn_stats(model: nn.Module, x: torch.Tensor, *, num_batches: int = 20,
+                   batch_size: int = 256, seed: int = 0) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``num_batches`` batches of x.
+
+    Uses an exact cumulative average (momentum None) over the batches, then puts the model in
+    eval mode. Needed for interpolated or merged BatchNorm models (variance collapse).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    for i, (xb, _) in enumerate(batches(x, x.new_zeros(len(x)), batch_size, shuffle=True,
+                                        generator=generator)):
+        if i >= num_batches:
+            break
+        model(xb)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+def barrier(values: list[float]) -> float:
+    """Paper Def. 2.2 on a grid including both ends: max over lambda minus the endpoints' mean."""
+    return max(values) - 0.5 * (values[0] + values[-1])
+
+
+@dataclass
+class Curve:
+    """Metrics of (1 - lambda) A + lambda B along a grid of lambda (accuracies are fractions)."""
+
+    lambdas: list[float]
+    train_loss: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+
+    def barriers(self) -> dict[str, float]:
+        """Loss barriers, and accuracy barriers as barriers of the error rate (1 - acc)."""
+        return {
+            "train_loss": barrier(self.train_loss),
+            "test_loss": barrier(self.test_loss),
+            "train_acc": barrier([1 - a for a in self.train_acc]),
+            "test_acc": barrier([1 - a for a in self.test_acc]),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"barrier": self.barriers(), "curve": asdict(self)}
+
+
+def lambda_grid(points: int = DEFAULT_POINTS) -> list[float]:
+    if points < 2:
+        raise ValueError("an interpolation curve needs at least 2 points")
+    return [i / (points - 1) for i in range(points)]
+
+
+def evaluate_state(model: nn.Module, state: Mapping[str, torch.Tensor], data: Dataset, *,
+                   bn_reset: bool, bn_batches: int = 20, batch_size: int = 2048
+                   ) -> dict[str, float]:
+    """Load ``state`` into ``model`` (re-estimating BN stats if asked) and evaluate both splits."""
+    model.load_state_dict(state)
+    if bn_reset:
+        reset_bn_stats(model, data.train_x, num_batches=bn_batches)
+    train_loss, train_acc = evaluate(model, data.train_x, data.train_y, batch_size=batch_size)
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, batch_size=batch_size)
+    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+            "test_acc": test_acc}
+
+
+def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
+                        state_b: Mapping[str, torch.Tensor], data: Dataset, *,
+                        points: int = DEFAULT_POINTS, bn_reset: bool | None = None,
+                        bn_batches: int = 20, repair: bool = False,
+                        device: torch.device | str = "cpu", batch_size: int = 2048,
+                        progress: bool = False) -> Curve:
+    """Loss and accuracy on train and test data of every point of the line from A to B.
+
+    ``bn_reset`` (default: on for models with BatchNorm) re-estimates running statistics at
+    every point. ``repair`` applies REPAIR (Jordan et al.) to every interior point.
+    """
+    model = model.to(device)
+    data = data.to(device)
+    if bn_reset is None:
+        bn_reset = has_batchnorm(model)
+    state_a = {k: v.to(device) for k, v in state_a.items()}
+    state_b = {k: v.to(device) for k, v in state_b.items()}
+    curve = Curve(lambda_grid(points))
+    for lam in tqdm(curve.lambdas, disable=None if progress else True, desc="interpolate", leave=False):
+        state = lerp_state(state_a, state_b, lam)
+        if repair and 0 < lam < 1:
+            from .repair import repair_state
+            state = repair_state(model, state_a, state_b, lam, data.train_x)
+        metrics = evaluate_state(model, state, data, bn_reset=bn_reset, bn_batches=bn_batches,
+                                 batch_size=batch_size)
+        for name in METRICS:
+            getattr(curve, name).append(metrics[name])
+    return curve
