@@ -219,13 +219,14 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if args.points < 2:
         raise PermalignError("--points must be at least 2")
     device = _device(args.device)
-    model, _ = _model(args)
+    model, spec = _model(args)
     state_a, state_b = _load_pair(args, model.state_dict())
     data = _data(args)
     if args.eval_subset:
         data = data.subset(train=args.eval_subset, test=args.eval_subset)
     curve = interpolation_curve(model, state_a, state_b, data, points=args.points,
-                                bn_reset=args.bn_reset, repair=args.repair, device=device,
+                                bn_reset=args.bn_reset, repair=args.repair, spec=spec,
+                                device=device,
                                 progress=not args.quiet)
     print(_barrier_table({"A-B": curve.barriers()}))
     record = curve.to_json()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -11,6 +11,9 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, batches
 from .evaluate import evaluate
+
+if TYPE_CHECKING:
+    from .spec import PermutationSpec
 
 DEFAULT_POINTS = 25
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
@@ -112,13 +115,17 @@ def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
                         state_b: Mapping[str, torch.Tensor], data: Dataset, *,
                         points: int = DEFAULT_POINTS, bn_reset: bool | None = None,
                         bn_batches: int = 20, repair: bool = False,
+                        spec: "PermutationSpec | None" = None,
                         device: torch.device | str = "cpu", batch_size: int = 2048,
                         progress: bool = False) -> Curve:
     """Loss and accuracy on train and test data of every point of the line from A to B.
 
     ``bn_reset`` (default: on for models with BatchNorm) re-estimates running statistics at
-    every point. ``repair`` applies REPAIR (Jordan et al.) to every interior point.
+    every point. ``repair`` applies REPAIR (Jordan et al.) to every interior point; it needs
+    the model's ``spec``, and replaces the BN reset at those points.
     """
+    if repair and spec is None:
+        raise ValueError("REPAIR needs the model's permutation spec")
     model = model.to(device)
     data = data.to(device)
     if bn_reset is None:
@@ -126,13 +133,16 @@ def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
     state_a = {k: v.to(device) for k, v in state_a.items()}
     state_b = {k: v.to(device) for k, v in state_b.items()}
     curve = Curve(lambda_grid(points))
-    for lam in tqdm(curve.lambdas, disable=None if progress else True, desc="interpolate", leave=False):
-        state = lerp_state(state_a, state_b, lam)
-        if repair and 0 < lam < 1:
-            from .repair import repair_state
-            state = repair_state(model, state_a, state_b, lam, data.train_x)
-        metrics = evaluate_state(model, state, data, bn_reset=bn_reset, bn_batches=bn_batches,
-                                 batch_size=batch_size)
+    repairer = None
+    if repair:
+        from .repair import Repairer
+        repairer = Repairer(model, spec, state_a, state_b, data.train_x, bn_batches=bn_batches)
+    for lam in tqdm(curve.lambdas, disable=None if progress else True, desc="interpolate",
+                    leave=False):
+        repaired = repairer is not None and 0 < lam < 1
+        state = repairer(lam) if repaired else lerp_state(state_a, state_b, lam)
+        metrics = evaluate_state(model, state, data, bn_reset=bn_reset and not repaired,
+                                 bn_batches=bn_batches, batch_size=batch_size)
         for name in METRICS:
             getattr(curve, name).append(metrics[name])
     return curve

@@ -36,10 +36,12 @@ class Member:
     offset: int = 0
     outer: int = 1
     inner: int = 1
+    block: bool = False  # True: covers part of the axis (e.g. one input of a concatenation)
 
     @property
     def is_plain(self) -> bool:
-        return self.offset == 0 and self.outer == 1 and self.inner == 1
+        """Covers the whole axis, one index per unit."""
+        return self.offset == 0 and self.outer == 1 and self.inner == 1 and not self.block
 
     def span(self, size: int) -> int:
         """Number of axis indices this member touches for a group of ``size`` units."""
@@ -49,7 +51,7 @@ class Member:
         if self.is_plain:
             return [self.key, self.axis]
         return {"key": self.key, "axis": self.axis, "offset": self.offset,
-                "outer": self.outer, "inner": self.inner}
+                "outer": self.outer, "inner": self.inner, "block": self.block}
 
     @staticmethod
     def from_json(obj: Any) -> "Member":
@@ -57,7 +59,8 @@ class Member:
             return Member(str(obj[0]), int(obj[1]))
         if isinstance(obj, dict) and "key" in obj and "axis" in obj:
             return Member(str(obj["key"]), int(obj["axis"]), int(obj.get("offset", 0)),
-                          int(obj.get("outer", 1)), int(obj.get("inner", 1)))
+                          int(obj.get("outer", 1)), int(obj.get("inner", 1)),
+                          bool(obj.get("block", False)))
         raise SpecError(f"spec member {obj!r} is not [key, axis] or {{key, axis, ...}}")
 
 
@@ -118,6 +121,10 @@ class PermutationSpec:
                 if m.is_plain and length != group.size:
                     raise SpecError(f"spec group {name!r} has size {group.size} but {m.key!r} axis "
                                     f"{m.axis} has length {length} (shape {list(shape)})")
+                if not m.block and m.offset == 0 and m.span(group.size) != length:
+                    raise SpecError(f"spec group {name!r}: {m.outer}x{group.size}x{m.inner} "
+                                    f"units do not cover {m.key!r} axis {m.axis} of length "
+                                    f"{length}; mark the member as a block if that is meant")
                 if m.offset < 0 or m.offset + m.span(group.size) > length:
                     raise SpecError(f"spec group {name!r}: block of {m.key!r} axis {m.axis} "
                                     f"(offset {m.offset}, {m.outer}x{group.size}x{m.inner}) "
@@ -173,7 +180,8 @@ class PermutationSpec:
         for name, g in self.groups.items():
             lines.append(f"  {name}  size={g.size}")
             for m in g.members:
-                extra = "" if m.is_plain else f" (offset={m.offset}, outer={m.outer}, inner={m.inner})"
+                extra = "" if m.is_plain else (f" (offset={m.offset}, outer={m.outer}, "
+                                               f"inner={m.inner})")
                 lines.append(f"      {m.key}  axis {m.axis}{extra}")
         if self.fixed:
             lines.append(f"{len(self.fixed)} fixed axes")

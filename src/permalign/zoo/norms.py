@@ -51,3 +51,14 @@ def norm_keys(norm: str, prefix: str) -> list[str]:
     if norm == "ln":
         return [f"{prefix}.weight", f"{prefix}.bias"]
     return []
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """He-normal weights for every conv and linear layer (biases keep PyTorch's default).
+
+    Deep models without normalisation (VGG, norm=none) lose their signal under PyTorch's
+    default initialisation; this keeps activations at unit scale.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..spec import PermutationSpec
-from .norms import make_norm
+from .norms import kaiming_init, make_norm
 from .specbuilder import SpecBuilder
 
 
@@ -54,6 +54,7 @@ class ResNet20(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.head = nn.Linear(widths[-1], num_classes)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.stem_norm(self.stem(x)))  # (N, 16w, H, W)

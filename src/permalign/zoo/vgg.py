@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..spec import PermutationSpec
-from .norms import make_norm
+from .norms import kaiming_init, make_norm
 from .specbuilder import SpecBuilder
 
 CONFIGS = {
@@ -44,6 +44,7 @@ class VGG(nn.Module):
             self.pool_after.append(False)
             channels_in = out
         self.head = nn.Linear(channels_in, num_classes)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv, norm, pool in zip(self.convs, self.norms, self.pool_after):

@@ -1,0 +1,120 @@
+"""Activation matching: match units whose activations on training data correlate most.
+
+One streaming pass over the data collects, per group, the means and the cross-moment of the
+two models' activations in float64 (never all activations at once); conv activations count every
+spatial position as a sample. Then one linear assignment per group.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import lap
+from ..data import Dataset, batches
+from ..errors import PermalignError
+from ..sites import consumer_sites, feature_dim, record_inputs, unit_samples
+from ..spec import PermutationSpec, apply_permutation
+from ..stats import CrossMoments
+from .base import MatchResult, register
+from .weight import default_similarity_key, unit_rows
+
+# Dead units (constant activations) correlate with nothing; the cosine similarity of their
+# incoming weights, at this tiny weight, decides between them without disturbing live units.
+TIE_BREAK = 1e-6
+
+
+def incoming_weight_cosine(spec: PermutationSpec, group: str, state_a, state_b
+                           ) -> torch.Tensor:
+    """Cosine similarity of A's and B's units by their incoming weights (axis-0 members), (n, n).
+
+    ``state_b`` should already have the other groups' permutations applied.
+    """
+    size = spec.groups[group].size
+    members = [m for m in spec.groups[group].members
+               if m.axis == 0 and default_similarity_key(m.key)]
+    if not members:
+        return torch.zeros(size, size, dtype=torch.float64)
+    rows_a = torch.cat([unit_rows(state_a[m.key].double().cpu(), m, size) for m in members], 1)
+    rows_b = torch.cat([unit_rows(state_b[m.key].double().cpu(), m, size) for m in members], 1)
+    rows_a = rows_a / rows_a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rows_b = rows_b / rows_b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return rows_a @ rows_b.T
+
+
+def _loaded(model: nn.Module, state: Mapping[str, torch.Tensor], device) -> nn.Module:
+    m = copy.deepcopy(model).to(device).eval()
+    m.load_state_dict(state)
+    return m
+
+
+@torch.inference_mode()
+def activation_statistics(spec: PermutationSpec, model: nn.Module,
+                          state_a: Mapping[str, torch.Tensor],
+                          state_b: Mapping[str, torch.Tensor], x: torch.Tensor, *,
+                          batch_size: int = 500, device: torch.device | str = "cpu",
+                          progress: bool = False) -> dict[str, CrossMoments]:
+    """Per-group streaming moments of A's and B's activations over the inputs ``x``."""
+    sites = consumer_sites(model, spec)
+    names = {module for entries in sites.values() for module, _ in entries}
+    model_a, model_b = _loaded(model, state_a, device), _loaded(model, state_b, device)
+    moments = {g: CrossMoments() for g in spec.groups}
+    with record_inputs(model_a, names) as acts_a, record_inputs(model_b, names) as acts_b:
+        for xb, _ in tqdm(list(batches(x, x, batch_size)), disable=None if progress else True,
+                          desc="activations", leave=False):
+            xb = xb.to(device)
+            model_a(xb)
+            model_b(xb)
+            for group, entries in sites.items():
+                size = spec.groups[group].size
+                for module, member in entries:
+                    dim = feature_dim(model_a.get_submodule(module))
+                    moments[group].update(unit_samples(acts_a[module], member, size, dim),
+                                          unit_samples(acts_b[module], member, size, dim))
+    return moments
+
+
+@register("activation")
+def activation_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
+                        state_b: Mapping[str, torch.Tensor], *, model: nn.Module | None = None,
+                        data: Dataset | None = None, cost: str = "correlation",
+                        num_examples: int | None = None, batch_size: int = 500,
+                        device: torch.device | str = "cpu", solver: str = "scipy",
+                        progress: bool = False, seed: int = 0, **_: object) -> MatchResult:
+    """Permutation of B's units maximising the correlation (or cross-moment) of activations.
+
+    ``data.train_x`` (or its first ``num_examples`` rows) is the input; ``model`` gives the
+    architecture the two state dicts belong to.
+    """
+    if model is None or data is None:
+        raise PermalignError("activation matching needs the model and training data "
+                             "(pass --dataset)")
+    if cost not in ("correlation", "cross_moment"):
+        raise PermalignError(f"unknown activation cost {cost!r}; use correlation or cross_moment")
+    start = time.perf_counter()
+    x = data.train_x if num_examples is None else data.train_x[:num_examples]
+    moments = activation_statistics(spec, model, state_a, state_b, x, batch_size=batch_size,
+                                    device=device, progress=progress)
+    collected = time.perf_counter()
+    sims = {g: (m.correlation() if cost == "correlation" else m.cross_moment()).cpu()
+            for g, m in moments.items()}
+    first = {g: torch.as_tensor(lap.solve(s.numpy(), solver)) for g, s in sims.items()}
+    # second pass: break ties between dead units by their incoming weights, with B's other
+    # axes permuted by the first pass
+    permuted_b = apply_permutation(spec, first, state_b)
+    perm, objective = {}, 0.0
+    for group, sim in sims.items():
+        cosine = torch.empty(sim.shape, dtype=torch.float64)
+        cosine[:, first[group]] = incoming_weight_cosine(spec, group, state_a, permuted_b)
+        sim = (sim + TIE_BREAK * sim.abs().max().clamp_min(1e-12) * cosine).numpy()
+        p = lap.solve(sim, solver)
+        objective += float(sim[range(len(p)), p].sum())
+        perm[group] = torch.as_tensor(p, dtype=torch.long)
+    return MatchResult(perm=perm, method="activation", history=[objective],
+                       timings={"total": time.perf_counter() - start,
+                                "statistics": collected - start},
+                       info={"cost": cost, "samples": len(x)})

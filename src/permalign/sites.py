@@ -1,0 +1,96 @@
+"""Where a permutation group's units show up as activations inside a model.
+
+A group's units are *consumed* by every Linear or Conv layer whose weight's in-axis (axis 1)
+is a member of the group: that layer's input carries the group's axis. For an MLP hidden layer
+this is the post-ReLU activation, for a residual stream the stream itself. REPAIR's *sites* are
+the modules producing a group's channels just before the nonlinearity: the norm layers if the
+model has them, else the Linear/Conv layers.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .errors import SpecError
+from .spec import Member, PermutationSpec
+
+LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def feature_dim(module: nn.Module) -> int:
+    """The axis of a module's input/output that holds features (channels)."""
+    return -1 if isinstance(module, nn.Linear | nn.LayerNorm) else 1
+
+
+def unit_samples(x: torch.Tensor, member: Member, size: int, dim: int) -> torch.Tensor:
+    """Reshape an activation into (samples, size): every other position counts as a sample."""
+    x = x.movedim(dim, -1)
+    x = x.reshape(-1, x.shape[-1])  # (samples, L)
+    block = x[:, member.offset:member.offset + member.span(size)]
+    block = block.reshape(-1, member.outer, size, member.inner).movedim(2, -1)
+    return block.reshape(-1, size)
+
+
+def _module_of(key: str, model: nn.Module) -> tuple[str, nn.Module] | None:
+    prefix, _, leaf = key.rpartition(".")
+    if leaf != "weight":
+        return None
+    try:
+        return prefix, model.get_submodule(prefix)
+    except AttributeError:
+        return None
+
+
+def consumer_sites(model: nn.Module, spec: PermutationSpec
+                   ) -> dict[str, list[tuple[str, Member]]]:
+    """For each group, the (module name, member) pairs whose input carries the group's axis."""
+    sites: dict[str, list[tuple[str, Member]]] = {}
+    for name, group in spec.groups.items():
+        found = []
+        for m in group.members:
+            owner = _module_of(m.key, model)
+            if owner and m.axis == 1 and isinstance(owner[1], LINEAR_LIKE) and getattr(
+                    owner[1], "groups", 1) == 1:
+                found.append((owner[0], m))
+        if not found:
+            raise SpecError(f"group {name!r} has no Linear/Conv layer consuming it, so its "
+                            "activations cannot be observed; use weight matching for it")
+        sites[name] = found
+    return sites
+
+
+@contextmanager
+def record_inputs(model: nn.Module, names: set[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, ``store[name]`` holds the latest input of each named module."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+        def hook(_module, args, _name=name):
+            store[_name] = args[0]
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def repair_sites(model: nn.Module, spec: PermutationSpec) -> list[tuple[str, nn.Module]]:
+    """Modules whose per-channel outputs REPAIR rescales, in the model's module order."""
+    spec_keys = {m.key for g in spec.groups.values() for m in g.members if m.axis == 0}
+    norms = [(n, mod) for n, mod in model.named_modules()
+             if isinstance(mod, NORMS + (_channel_norm_type(),)) and f"{n}.weight" in spec_keys]
+    if norms:
+        return norms
+    return [(n, mod) for n, mod in model.named_modules()
+            if isinstance(mod, LINEAR_LIKE) and f"{n}.weight" in spec_keys
+            and mod.bias is not None]
+
+
+def _channel_norm_type() -> type:
+    from .zoo.norms import ChannelLayerNorm
+    return ChannelLayerNorm
