@@ -112,13 +112,14 @@ def _barrier_table(rows: dict[str, dict[str, float]]) -> str:
 # ------------------------------------------------------------------ commands
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.time()
+    device = _device(args.device)
+    zoo.parse_model_string(args.model)
+    data = load_dataset(args.dataset, args.data_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path, plot_path = out / "results.json", out / "interpolation.png"
     for path in (results_path, plot_path):
         check_writable(path, force=args.force)
-    device = _device(args.device)
-    data = load_dataset(args.dataset, args.data_dir)
     if args.train_subset:
         data = data.subset(train=args.train_subset)
     model_string = args.model

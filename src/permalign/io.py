@@ -5,6 +5,7 @@ import math
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -96,15 +97,18 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                   f"({_one_line(exc)})") from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols; we decide
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise CheckpointError(f"{path} is not a weights-only checkpoint and was refused "
                                   f"(it needs code to load: {_one_line(exc)[:120]}); "
                                   "save a plain state dict instead") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
                 IndexError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_one_line(exc)[:120]})"
-                                  ) from None
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load could not "
+                                  f"read it: {type(exc).__name__}); expected a .pt state dict "
+                                  "or a .safetensors file") from None
     return _find_state_dict(obj, path)
 
 

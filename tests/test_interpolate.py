@@ -1,0 +1,102 @@
+"""Interpolation curves, barriers, BatchNorm reset and REPAIR."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from permalign.evaluate import evaluate
+from permalign.interpolate import (Curve, barrier, evaluate_state, interpolation_curve,
+                                   lambda_grid, lerp_state, reset_bn_stats)
+from permalign.repair import Repairer
+from permalign.workflow import align
+
+
+def test_barrier_definition():
+    assert barrier([1.0, 3.0, 2.0]) == pytest.approx(3.0 - 1.5)
+    assert barrier([1.0, 1.0]) == 0.0
+    curve = Curve([0, 0.5, 1], [0.1, 0.5, 0.3], [0.2, 0.9, 0.2], [1.0, 0.8, 1.0], [0.9, 0.5, 0.9])
+    b = curve.barriers()
+    assert b["train_loss"] == pytest.approx(0.3) and b["test_loss"] == pytest.approx(0.7)
+    assert b["train_acc"] == pytest.approx(0.2) and b["test_acc"] == pytest.approx(0.4)
+
+
+def test_lambda_grid():
+    grid = lambda_grid()
+    assert len(grid) == 25 and grid[0] == 0 and grid[-1] == 1
+
+
+def test_curve_endpoints_match_the_models(trained, digits):
+    model, spec, a = trained("mlp:depth=3,width=128", 0)
+    _, _, b = trained("mlp:depth=3,width=128", 1)
+    curve = interpolation_curve(model, a, b, digits, points=5)
+    assert len(curve.test_loss) == 5
+    model.load_state_dict(b)
+    loss, acc = evaluate(model, digits.test_x, digits.test_y)
+    assert curve.test_loss[-1] == pytest.approx(loss) and curve.test_acc[-1] == pytest.approx(acc)
+
+
+def test_alignment_lowers_the_barrier(trained, digits):
+    model, spec, a = trained("mlp:depth=3,width=256", 0)
+    _, _, b = trained("mlp:depth=3,width=256", 1)
+    naive = interpolation_curve(model, a, b, digits, points=9).barriers()
+    aligned_b, _ = align("weight", spec, model, a, b)
+    aligned = interpolation_curve(model, a, aligned_b, digits, points=9).barriers()
+    assert naive["test_loss"] > 0.3
+    assert aligned["test_loss"] < 0.5 * naive["test_loss"]
+    assert aligned["train_acc"] <= naive["train_acc"]
+
+
+def test_bn_reset_changes_stats_and_keeps_endpoint(trained, digits):
+    model, spec, a = trained("vgg11:width=0.25,norm=bn", 0)
+    _, _, b = trained("vgg11:width=0.25,norm=bn", 1)
+    aligned_b, _ = align("weight", spec, model, a, b)
+    model.load_state_dict(lerp_state(a, aligned_b, 0.5))
+    before = {k: v.clone() for k, v in model.state_dict().items()
+                  if k.endswith("running_var")}
+    reset_bn_stats(model, digits.train_x)
+    after = {k: v for k, v in model.state_dict().items() if k.endswith("running_var")}
+    assert all(not torch.allclose(before[k], after[k]) for k in before)
+    # the interpolated model's variance collapse: reset stats are smaller than averaged ones
+    assert sum(float(after[k].sum()) for k in after) < sum(float(before[k].sum()) for k in before)
+    plain = evaluate_state(model, a, digits, bn_reset=False)
+    reset = evaluate_state(model, a, digits, bn_reset=True)
+    assert reset["test_acc"] == pytest.approx(plain["test_acc"], abs=0.02)
+
+
+def test_repair_keeps_endpoint_and_architecture(trained, digits):
+    model, spec, a = trained("resnet20:width=1,norm=ln", 0)
+    _, _, b = trained("resnet20:width=1,norm=ln", 1)
+    aligned_b, _ = align("weight", spec, model, a, b)
+    repairer = Repairer(model, spec, a, aligned_b, digits.train_x)
+    at_a = repairer(0.0)
+    assert set(at_a) == set(a)
+    for k in a:
+        assert at_a[k].shape == a[k].shape
+        assert torch.allclose(at_a[k], a[k], atol=1e-4, rtol=1e-4), k
+    mid = repairer(0.5)
+    assert any(not torch.allclose(mid[k], lerp_state(a, aligned_b, 0.5)[k]) for k in a)
+
+
+def test_repair_restores_channel_statistics(trained, digits):
+    """After REPAIR each site's output std is the interpolation of the endpoints'."""
+    from permalign.repair import site_moments
+    model, spec, a = trained("mlp:depth=3,width=128", 0)
+    _, _, b = trained("mlp:depth=3,width=128", 1)
+    aligned_b, _ = align("weight", spec, model, a, b)
+    repairer = Repairer(model, spec, a, aligned_b, digits.train_x)
+    state = repairer(0.5)
+    model.load_state_dict(state)
+    got = site_moments(model, repairer.sites, repairer.x)
+    for name in repairer.sites:
+        goal = 0.5 * (repairer.endpoints[0][name].std + repairer.endpoints[1][name].std)
+        assert torch.allclose(got[name].std, goal, rtol=1e-3, atol=1e-4), name
+
+
+def test_repair_bn_endpoint_outputs_unchanged(trained, digits):
+    model, spec, a = trained("vgg11:width=0.25,norm=bn", 0)
+    _, _, b = trained("vgg11:width=0.25,norm=bn", 1)
+    repairer = Repairer(model, spec, a, b, digits.train_x)
+    plain = evaluate_state(model, a, digits, bn_reset=False)
+    repaired = evaluate_state(model, repairer(0.0), digits, bn_reset=False)
+    assert repaired["test_acc"] == pytest.approx(plain["test_acc"], abs=0.01)
+    assert repaired["test_loss"] == pytest.approx(plain["test_loss"], rel=0.05)
