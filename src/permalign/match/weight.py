@@ -98,7 +98,7 @@ class _Matcher:
 
     def objective(self) -> float:
         """Sum over matched tensors of <A, pi(B)>."""
-        return float(sum(torch.sum(self.a[k].double() * self.b_cur[k].double())
+        return float(sum(float(torch.dot(self.a[k].reshape(-1), self.b_cur[k].reshape(-1)))
                          for k in self.a))
 
 
