@@ -1,0 +1,287 @@
+"""Walk a ``torch.export`` graph, apply the op rules, and read the spec off the axis classes."""
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import re
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx import Node
+
+from ..errors import SpecError
+from ..spec import Member, PermutationSpec
+from .axes import AxisAlgebra, Cat, InferenceError, Prod, Term
+from .rules import IGNORED, RULES
+
+
+def op_name(node: Node) -> str:
+    if node.target is operator.getitem:
+        return "getitem"
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        return target.name().split(".")[0].replace("::", ".")
+    return getattr(target, "__name__", str(target))
+
+
+def where(node: Node) -> str:
+    """``module path (file:line)`` of the code that produced a node, for error messages."""
+    stack = node.meta.get("nn_module_stack") or {}
+    module = list(stack.values())[-1][0] if stack else "<top level>"
+    trace = node.meta.get("stack_trace") or ""
+    lines = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    source = f"{lines[-1][0]}:{lines[-1][1]}" if lines else "unknown source line"
+    return f"module {module or '<top level>'} ({source})"
+
+
+def bind(node: Node) -> dict[str, Any]:
+    """The node's arguments by their schema names (defaults filled in)."""
+    if node.target is operator.getitem:
+        return {"self": node.args[0], "index": node.args[1]}
+    schema = node.target._schema
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            bound[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            bound[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+        else:
+            bound[arg.name] = None
+    return bound
+
+
+def _shape(value: Any) -> list[int] | None:
+    if isinstance(value, torch.Tensor):
+        return [int(s) for s in value.shape]
+    return None
+
+
+class Context:
+    """What a rule sees: the axis algebra, the axes of every value, the node being processed."""
+
+    def __init__(self) -> None:
+        self.alg = AxisAlgebra()
+        self.values: dict[Node, Any] = {}  # node -> [terms] or [[terms] | None, ...]
+        self.node: Node | None = None
+        self.op = ""
+
+    # values
+    def fresh(self, shape: list[int]) -> list[Term]:
+        return [self.alg.atom(s) for s in shape]
+
+    def terms(self, arg: Any) -> list[Term] | None:
+        if not isinstance(arg, Node):
+            return None
+        value = self.values.get(arg)
+        if value is None or (value and isinstance(value[0], list | type(None))):
+            return None
+        return value
+
+    def _vals(self) -> list[Any]:
+        val = self.node.meta.get("val")
+        return list(val) if isinstance(val, list | tuple) else [val]
+
+    def all_outputs(self) -> list[list[Term]]:
+        if self.node not in self.values:
+            val = self.node.meta.get("val")
+            if isinstance(val, list | tuple):
+                self.values[self.node] = [self.fresh(_shape(v)) if _shape(v) is not None
+                                          else None for v in val]
+            else:
+                self.values[self.node] = self.fresh(_shape(val) or [])
+        value = self.values[self.node]
+        if value and isinstance(value[0], list | type(None)):
+            return [v for v in value if v is not None]
+        return [value]
+
+    def output(self) -> list[Term]:
+        return self.all_outputs()[0]
+
+    def extra_outputs(self) -> list[list[Term]]:
+        return self.all_outputs()[1:]
+
+    def set_output(self, terms: Any) -> None:
+        self.values[self.node] = list(terms) if terms is not None else None
+
+    def item(self, arg: Node, index: int) -> Any:
+        value = self.values.get(arg)
+        if value is None:
+            return None
+        return value[index]
+
+    # constraints
+    def unify(self, a: Term, b: Term) -> None:
+        self.alg.unify(a, b)
+
+    def fix(self, t: Term, reason: str) -> None:
+        self.alg.fix(t, reason)
+
+
+def _structured_leaves(alg: AxisAlgebra, term: Term, offset: int, outer: int, stride: int,
+                       inner: int, block: bool, out: list) -> None:
+    """Leaves of an axis term with their place: index = offset + o*stride + p*inner + j."""
+    t = alg.normalize(term)
+    if isinstance(t, int):
+        size = alg.size(t)
+        out.append((t, offset, outer, inner, block, outer == 1 or stride == size * inner))
+        return
+    if isinstance(t, Cat):
+        position = 0
+        for part in t.parts:
+            _structured_leaves(alg, part, offset + position * inner, outer, stride, inner, True,
+                               out)
+            position += alg.size(part)
+        return
+    sizes = [alg.size(p) for p in t.parts]
+    for i, part in enumerate(t.parts):
+        before, after = math.prod(sizes[:i]), math.prod(sizes[i + 1:])
+        part_stride = sizes[i] * after * inner
+        if before == 1:
+            _structured_leaves(alg, part, offset, outer, stride, after * inner, block, out)
+        elif outer == 1:
+            _structured_leaves(alg, part, offset, before, part_stride, after * inner, block, out)
+        elif stride == before * part_stride:
+            _structured_leaves(alg, part, offset, outer * before, part_stride, after * inner,
+                               block, out)
+        else:
+            out.extend((leaf, 0, 0, 0, block, False) for leaf in alg.leaves(part))
+
+
+def export_graph(model: nn.Module, args: tuple, kwargs: dict[str, Any]):
+    try:
+        return torch.export.export(model, args, kwargs=kwargs, strict=False)
+    except Exception as exc:  # export raises many types; report one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SpecError(f"torch.export could not trace the model ({type(exc).__name__}: "
+                        f"{first}); pass example inputs it accepts") from None
+
+
+def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = None
+                        ) -> PermutationSpec:
+    """Propagate axes through an exported program and build the spec."""
+    rules = {**RULES, **(extra_rules or {})}
+    ctx = Context()
+    graph = program.graph
+    signature = program.graph_signature
+    state = model.state_dict(keep_vars=True)
+    aliases: dict[int, list[str]] = {}
+    for key, tensor in state.items():
+        aliases.setdefault(id(tensor), []).append(key)
+    placeholder_keys: dict[Node, list[str]] = {}
+    by_tensor: dict[int, Node] = {}  # tied weights: one placeholder per name, one tensor
+    input_kinds = {spec.arg.name: spec for spec in signature.input_specs
+                   if hasattr(spec.arg, "name")}
+    for node in graph.nodes:
+        ctx.node, ctx.op = node, op_name(node)
+        if node.op == "placeholder":
+            ctx.all_outputs()
+            spec = input_kinds.get(node.name)
+            kind = spec.kind.name if spec else "USER_INPUT"
+            target = spec.target if spec else None
+            if kind in ("PARAMETER", "BUFFER") and target in state and (
+                    kind == "PARAMETER" or getattr(spec, "persistent", True) is not False):
+                tied = by_tensor.setdefault(id(state[target]), node)
+                if tied is node:
+                    placeholder_keys[node] = aliases[id(state[target])]
+                else:
+                    for a, b in zip(ctx.terms(tied), ctx.terms(node)):
+                        ctx.unify(a, b)
+            elif kind == "USER_INPUT":
+                for t in ctx.terms(node) or []:
+                    ctx.fix(t, "model input")
+            else:
+                for t in ctx.terms(node) or []:
+                    ctx.fix(t, f"tensor outside the state dict ({target})")
+            continue
+        if node.op == "output":
+            for leaf in torch.utils._pytree.tree_leaves(node.args):
+                if isinstance(leaf, Node):
+                    for t in ctx.terms(leaf) or []:
+                        ctx.fix(t, "model output")
+            continue
+        if node.op != "call_function":
+            raise SpecError(f"unsupported graph node {node.op} {node.target} at {where(node)}")
+        name = ctx.op
+        if name in IGNORED:
+            continue
+        if name not in rules:
+            raise SpecError(f"no spec-inference rule for op {name} at {where(node)}; register "
+                            "one with permalign.infer.register_rule, or simplify that module")
+        try:
+            rules[name](ctx, bind(node))
+        except SpecError:
+            raise
+        except (InferenceError, NotImplementedError, KeyError, TypeError, IndexError,
+                ValueError) as exc:
+            raise SpecError(f"rule for {name} failed at {where(node)}: {exc}") from None
+        ctx.all_outputs()  # ops whose rule set nothing still get fresh axes
+    return _build_spec(ctx, placeholder_keys, state)
+
+
+def _build_spec(ctx: Context, placeholder_keys: dict[Node, list[str]],
+                state: dict[str, torch.Tensor]) -> PermutationSpec:
+    alg = ctx.alg
+    placed: list[tuple[str, int, tuple]] = []
+    for node, keys in placeholder_keys.items():
+        for axis, term in enumerate(ctx.terms(node) or []):
+            leaves: list = []
+            _structured_leaves(alg, term, 0, 1, 0, 1, False, leaves)
+            for leaf in leaves:
+                if not leaf[5]:
+                    alg.fix(leaf[0], "structured axis that a spec member cannot express")
+            for key in keys:
+                placed.append((key, axis, leaves))
+    order = {k: i for i, k in enumerate(state)}
+    placed.sort(key=lambda p: (order.get(p[0], 0), p[1]))
+    groups: dict[int, list[Member]] = {}
+    fixed: dict[str, str] = {}
+    for key, axis, leaves in placed:
+        free = False
+        for root, offset, outer, inner, block, _ in leaves:
+            root = alg.find(root)
+            if alg.size(root) <= 1 or root in alg.fixed:
+                continue
+            free = True
+            groups.setdefault(root, []).append(Member(key, axis, offset, outer, inner, block))
+        if not free and state[key].shape[axis] > 1:
+            reasons = [alg.fixed.get(alg.find(leaf[0])) for leaf in leaves]
+            fixed[f"{key}:{axis}"] = next((r for r in reasons if r), "size-1 units")
+    spec = PermutationSpec(fixed=fixed)
+    used: set[str] = set()
+    for root, members in groups.items():
+        first = members[0]
+        name = f"{first.key}:{first.axis}"
+        if not first.is_plain:
+            name += f"[offset={first.offset},outer={first.outer},inner={first.inner}]"
+        while name in used:
+            name += "'"
+        used.add(name)
+        spec.add_group(name, alg.size(root), members)
+    return spec
+
+
+def infer_spec(model: nn.Module, example_inputs: Any, *,
+               example_kwargs: dict[str, Any] | None = None, check: bool = True,
+               extra_rules: dict | None = None) -> PermutationSpec:
+    """Infer the permutation spec of ``model`` from its ``torch.export`` graph.
+
+    ``example_inputs`` (a tensor or tuple) and ``example_kwargs`` are what the model is called
+    with. Axes touching inputs or outputs are fixed; ops without a rule raise SpecError naming
+    the op and where it came from. With ``check`` the result is verified by :func:`check_spec`.
+    ``extra_rules`` adds or overrides op rules for this call (see ``register_rule``).
+    """
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    kwargs = dict(example_kwargs or {})
+    work = copy.deepcopy(model).eval()
+    program = export_graph(work, example_inputs, kwargs)
+    spec = infer_from_exported(work, program, extra_rules)
+    spec.validate(model.state_dict())
+    if check:
+        from ..spec import check_spec
+        check_spec(model, spec, example_inputs, example_kwargs=kwargs, atol=1e-4, rtol=1e-3)
+    return spec
