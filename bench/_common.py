@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from permalign.data import load_digits  # noqa: E402
 from permalign.train import TrainConfig  # noqa: E402
-from permalign.workflow import build_seeded, train_from_seed  # noqa: E402
+from permalign.models import resolve_model  # noqa: E402
+from permalign.workflow import train_from_seed  # noqa: E402
 
 
 def machine() -> str:
@@ -28,7 +29,7 @@ def trained_pair(model_string: str, epochs: int = 2, train: int | None = None):
         data = data.subset(train=train)
     states = [train_from_seed(model_string, data, TrainConfig(epochs=epochs, seed=s),
                               progress=False) for s in (0, 1)]
-    model, spec = build_seeded(model_string, data.input_shape, data.num_classes, 0)
+    model, spec = resolve_model(model_string, data.input_shape, data.num_classes)
     return model, spec, states[0], states[1]
 
 

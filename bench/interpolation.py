@@ -15,7 +15,7 @@ from _common import emit, machine, table
 from permalign.data import load_dataset
 from permalign.evaluate import evaluate
 from permalign.interpolate import interpolation_curve
-from permalign.workflow import build_seeded
+from permalign.models import build_model
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     data = load_dataset(args.dataset).to(args.device)
-    models = [build_seeded(args.model, data.input_shape, data.num_classes, s)[0].to(args.device)
+    models = [build_model(args.model, data.input_shape, data.num_classes, seed=s).to(args.device)
               for s in (0, 1)]
     a, b = (m.state_dict() for m in models)
     model = models[0]

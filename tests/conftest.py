@@ -6,7 +6,8 @@ import torch
 
 from permalign.data import load_digits
 from permalign.train import TrainConfig
-from permalign.workflow import build_seeded, train_from_seed
+from permalign.models import resolve_model
+from permalign.workflow import train_from_seed
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -26,7 +27,7 @@ def trained(digits):
         if key not in cache:
             state = train_from_seed(model_string, digits, TrainConfig(epochs=epochs, seed=seed),
                                     progress=False)
-            model, spec = build_seeded(model_string, digits.input_shape, digits.num_classes, 0)
+            model, spec = resolve_model(model_string, digits.input_shape, digits.num_classes)
             cache[key] = (model, spec, state)
         return cache[key]
     return get

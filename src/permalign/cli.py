@@ -13,13 +13,14 @@ import torch
 from . import zoo
 from .data import DATASET_SHAPES, Dataset, canonical_name, load_dataset
 from .errors import PermalignError
-from .interpolate import DEFAULT_POINTS, Curve, interpolation_curve
+from .interpolate import DEFAULT_POINTS, interpolation_curve
 from .io import (atomic_write_text, check_writable, load_checkpoint_for, save_state_dict)
 from .match import METHODS
+from .models import resolve_model
 from .provenance import provenance
-from .spec import PermutationSpec, perm_to_json
+from .spec import PermutationSpec
 from .train import DEFAULT_EPOCHS, TrainConfig
-from .workflow import align, build_seeded, compare_alignments, train_from_seed
+from .workflow import align, compare_alignments, train_from_seed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +44,10 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def _add_model_args(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
     p.add_argument("--model", required=model_required,
-                   help="model string, e.g. mlp:depth=3,width=512 or resnet20:width=4,norm=ln")
+                   help="zoo model string (mlp:depth=3,width=512, resnet20:width=4,norm=ln, ...) "
+                   "or your own factory as package.module:function (spec inferred)")
+    p.add_argument("--infer", action="store_true",
+                   help="infer the spec from the model graph even for zoo models")
     p.add_argument("--dataset", default="digits",
                    help="digits (bundled, default), fashion-mnist, mnist, cifar10, cifar100")
     p.add_argument("--data-dir", help="directory holding the data set's files")
@@ -79,7 +83,8 @@ def _shape_and_classes(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
 
 def _model(args: argparse.Namespace, seed: int = 0):
     shape, classes = _shape_and_classes(args)
-    return build_seeded(args.model, shape, classes, seed)
+    return resolve_model(args.model, shape, classes, seed=seed,
+                         infer=getattr(args, "infer", False))
 
 
 def _data(args: argparse.Namespace) -> Dataset:
@@ -130,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               flush=True)
         states.append(train_from_seed(model_string, data, TrainConfig(epochs=epochs, seed=seed),
                                       device=device, progress=not args.quiet))
-    model, spec = build_seeded(model_string, data.input_shape, data.num_classes, 0)
+    model, spec = resolve_model(model_string, data.input_shape, data.num_classes)
     print("aligning B to A with weight matching and measuring the interpolation curves",
           flush=True)
     curves, matches = compare_alignments(model, spec, states[0], states[1], data, ["weight"],

@@ -123,7 +123,8 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def candidate_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
-    """Where a data set is looked for: --data-dir, $PERMALIGN_DATA/<name>, /usr/share/datasets/<name>."""
+    """Where a data set is looked for: --data-dir, $PERMALIGN_DATA/<name>,
+    /usr/share/datasets/<name>."""
     dirs: list[Path] = []
     if data_dir is not None:
         dirs += [Path(data_dir), Path(data_dir) / name]
@@ -192,7 +193,8 @@ def load_cifar(name: str, data_dir: str | Path | None = None) -> Dataset:
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles only plain containers and numpy arrays: CIFAR batches hold nothing else."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar")}
 

@@ -111,8 +111,8 @@ class PermutationSpec:
                 raise SpecError(f"spec group {name!r} has size {group.size}; sizes must be >= 1")
             for m in group.members:
                 if m.key not in state_dict:
-                    raise SpecError(f"spec group {name!r} names key {m.key!r}, which the state dict "
-                                    "does not have; build the spec for this model")
+                    raise SpecError(f"spec group {name!r} names key {m.key!r}, which the state "
+                                    "dict does not have; build the spec for this model")
                 shape = tuple(state_dict[m.key].shape)
                 if not 0 <= m.axis < len(shape):
                     raise SpecError(f"spec group {name!r}: {m.key!r} has {len(shape)} axes, "

@@ -64,7 +64,8 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     generator = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
-    bar = tqdm(total=total, disable=None if progress else True, desc="train", unit="step", leave=False)
+    bar = tqdm(total=total, disable=None if progress else True, desc="train", unit="step",
+               leave=False)
     for epoch in range(cfg.epochs):
         running = torch.zeros((), device=device)
         for xb, yb in batches(x, y, cfg.batch_size, shuffle=True, generator=generator):

@@ -7,26 +7,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import zoo
 from .data import Dataset
 from .interpolate import Curve, interpolation_curve
 from .match import MatchResult, get_method
+from .models import build_model
 from .spec import PermutationSpec, apply_permutation
 from .train import TrainConfig, train_model
-
-
-def build_seeded(model_string: str, input_shape: tuple[int, ...], num_classes: int,
-                 seed: int) -> tuple[nn.Module, PermutationSpec]:
-    """A zoo model whose initial weights depend only on ``seed``."""
-    torch.manual_seed(seed)
-    return zoo.build(model_string, input_shape=input_shape, num_classes=num_classes)
 
 
 def train_from_seed(model_string: str, data: Dataset, cfg: TrainConfig, *,
                     device: torch.device | str = "cpu", progress: bool = True
                     ) -> dict[str, torch.Tensor]:
     """Build a model from ``cfg.seed``, train it, and return its state dict on the CPU."""
-    model, _ = build_seeded(model_string, data.input_shape, data.num_classes, cfg.seed)
+    model = build_model(model_string, data.input_shape, data.num_classes, seed=cfg.seed)
     train_model(model, data, cfg, device=device, progress=progress)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 

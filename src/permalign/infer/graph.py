@@ -13,7 +13,7 @@ from torch.fx import Node
 
 from ..errors import SpecError
 from ..spec import Member, PermutationSpec
-from .axes import AxisAlgebra, Cat, InferenceError, Prod, Term
+from .axes import AxisAlgebra, Cat, InferenceError, Term
 from .rules import IGNORED, RULES
 
 

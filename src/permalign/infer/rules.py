@@ -628,7 +628,8 @@ def group_norm(ctx: "Context", args: dict[str, Any]) -> None:
 @register_rule("aten.scaled_dot_product_attention",
                "aten._scaled_dot_product_flash_attention_for_cpu",
                "aten._scaled_dot_product_efficient_attention",
-               "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_cudnn_attention")
+               "aten._scaled_dot_product_flash_attention",
+               "aten._scaled_dot_product_cudnn_attention")
 def attention(ctx: "Context", args: dict[str, Any]) -> None:
     """softmax(q k^T) v per head: q/k share the within-head axis, v/out another; heads are
     shared by q, k, v and the output (with grouped-query attention, q's heads are

@@ -14,7 +14,10 @@ def _conv3x3(cin: int, cout: int, stride: int, norm: str) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """conv-norm-ReLU-conv-norm plus shortcut, then ReLU. Downsampling shortcut: 3x3/2 conv + norm."""
+    """conv-norm-ReLU-conv-norm plus shortcut, then ReLU.
+
+    The downsampling shortcut is a 3x3 stride-2 conv + norm (the paper's choice).
+    """
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
         super().__init__()
