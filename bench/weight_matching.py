@@ -99,7 +99,7 @@ def main() -> None:
         rows.append([key, params, len(spec.groups), best.info["sweeps"], t["total"], t["solver"],
                      t["similarity"], t["solver"] / t["total"],
                      t["total"] / (t["solver"] + t["similarity"]),
-                     peak / (4 * params) if peak else "n/a", reference,
+                     peak / (4 * params) if args.device == "cpu" else "n/a", reference,
                      reference / t["total"]])
     header = ["model", "params", "groups", "sweeps", "total s", "solver s", "similarity s",
               "solver share", "total/(solver+sim)", "peak extra / P floats",

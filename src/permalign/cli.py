@@ -185,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    for name in ("max_iter", "epochs", "lr", "batch_size", "num_batches"):
+    for name in ("max_iter", "epochs", "lr", "batch_size", "num_examples"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
@@ -205,7 +205,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     needs_data = args.method != "weight"
     data = _data(args) if needs_data else None
     aligned, result = align(args.method, spec, model, state_a, state_b, data=data,
-                            seed=args.seed, device=device, **_method_options(args))
+                            seed=args.seed, device=device, progress=not args.quiet,
+                            **_method_options(args))
     save_state_dict(aligned, args.out, force=args.force)
     if args.perm_out:
         record = result.to_json()
@@ -258,6 +259,66 @@ def cmd_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    check_writable(args.out, force=args.force)
+    if len(args.checkpoints) < 2:
+        raise PermalignError("merge needs at least two checkpoints")
+    device = _device(args.device)
+    model, spec = _model(args)
+    reference = model.state_dict()
+    states = [load_checkpoint_for(path, reference) for path in args.checkpoints]
+    from .interpolate import has_batchnorm, reset_bn_stats
+    from .merge import merge_many
+    result = merge_many(spec, states, seed=args.seed, device=device)
+    merged = result.merged
+    if has_batchnorm(model) and not args.no_bn_reset:
+        data = _data(args)
+        model.load_state_dict(merged)
+        reset_bn_stats(model.to(device), data.train_x.to(device))
+        merged = model.state_dict()
+    save_state_dict(merged, args.out, force=args.force)
+    print(f"merged {len(states)} models in {result.rounds} rounds "
+          f"({'converged' if result.converged else 'not converged'}); wrote {args.out}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import REGISTRY, ExperimentConfig, run_experiment
+    names = list(REGISTRY) if args.name == "all" else [args.name]
+    if args.name != "all" and args.name not in REGISTRY:
+        raise PermalignError(f"unknown experiment {args.name!r}; use one of "
+                             f"{', '.join(REGISTRY)} or all")
+    if args.seeds is not None and args.seeds < 1:
+        raise PermalignError("--seeds must be >= 1")
+    device = _device(args.device)
+    root = Path(args.out or ("results-quick" if args.quick else "results"))
+    for name in names:
+        out = root / name if args.name == "all" or args.out is None else root
+        print(f"== experiment {name} -> {out}", flush=True)
+        cfg = ExperimentConfig(out=out, quick=args.quick, dataset=args.dataset,
+                               data_dir=args.data_dir, seeds=args.seeds, device=device,
+                               progress=not args.quiet)
+        path = run_experiment(name, cfg)
+        record = json.loads(path.read_text())
+        tbl = record.get("table")
+        if tbl:
+            print(" | ".join(tbl["columns"]))
+            for row in tbl["rows"]:
+                print(" | ".join(str(c) for c in row))
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+    out = Path(args.out)
+    check_writable(out, force=True)
+    text = render_report([Path(d) for d in args.dirs], out)
+    atomic_write_text(out, text, force=True)
+    print(f"wrote {out}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="permalign", description="Align and merge neural networks modulo "
@@ -300,7 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="weight", choices=sorted(METHODS))
     p.add_argument("--spec", help="permutation spec JSON (default: the zoo model's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-iter", type=int)
+    p.add_argument("--max-iter", type=int, help="weight matching: most sweeps (default 100)")
+    p.add_argument("--epochs", type=int, help="ste: passes over the training data (default 1)")
+    p.add_argument("--lr", type=float, help="ste: SGD learning rate (default 0.3)")
+    p.add_argument("--batch-size", type=int, help="ste: minibatch size (default 128)")
+    p.add_argument("--num-examples", type=int,
+                   help="activation: training examples to collect statistics on (default all)")
     p.add_argument("--out", required=True, help="aligned B checkpoint")
     p.add_argument("--perm-out", help="write the permutation and its history as JSON")
     _add_output_args(p)
@@ -319,6 +385,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="curve PNG")
     _add_output_args(p)
     p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("merge", help="merge two or more checkpoints (MergeMany)")
+    p.add_argument("checkpoints", nargs="+")
+    _add_model_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bn-reset", action="store_true",
+                   help="skip re-estimating BatchNorm statistics of the merged model")
+    p.add_argument("--out", required=True)
+    _add_output_args(p)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("experiment", help="run one of the paper's experiments (or all)")
+    p.add_argument("name", help="mlp-barrier, width, epochs, split-merge, merge-many, "
+                   "counterexample, planted, or all")
+    p.add_argument("--quick", action="store_true", help="small sizes for CI on 2 CPU cores")
+    p.add_argument("--dataset", help="default: fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--seeds", type=int, help="number of seed pairs / trials / models")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="output folder (default results[-quick]/NAME)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("report", help="write RESULTS.md from experiment output folders")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--out", default="RESULTS.md")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("spec", help="print (and save) a model's permutation spec")
     _add_model_args(p)

@@ -50,6 +50,23 @@ class Dataset:
         vx, vy = pick(self.test_x, self.test_y, test)
         return Dataset(self.name, tx, ty, vx, vy, self.num_classes)
 
+    def biased_halves(self, fraction: float = 0.2, seed: int = 0) -> tuple["Dataset", "Dataset"]:
+        """Two disjoint training sets (paper §5.4): the first sees ``fraction`` of the images of
+        the lower half of the labels and ``1 - fraction`` of the upper half; the second the rest.
+        Both keep the full test set."""
+        g = torch.Generator().manual_seed(seed)
+        first, second = [], []
+        for label in range(self.num_classes):
+            idx = (self.train_y == label).nonzero().flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            share = fraction if label < self.num_classes // 2 else 1 - fraction
+            cut = int(round(share * len(idx)))
+            first.append(idx[:cut])
+            second.append(idx[cut:])
+        return tuple(Dataset(self.name, self.train_x[torch.cat(i)], self.train_y[torch.cat(i)],
+                             self.test_x, self.test_y, self.num_classes)
+                     for i in (first, second))  # type: ignore[return-value]
+
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(self.name, self.train_x.to(device), self.train_y.to(device),
                        self.test_x.to(device), self.test_y.to(device), self.num_classes)

@@ -32,3 +32,44 @@ def plot_curves(curves: dict[str, Curve], path: str | Path, *, title: str = "",
                             force=force)
     finally:
         plt.close(fig)
+
+
+Series = dict[str, tuple[list[float], list[float], list[float] | None]]  # label -> x, y, yerr
+
+
+def plot_panels(panels: list[tuple[str, str, str, Series]], path: str | Path, *,
+                title: str = "", logx: bool = False, force: bool = True) -> Path:
+    """One subplot per (title, xlabel, ylabel, series); error bars where yerr is given."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (panel_title, xlabel, ylabel, series) in zip(axes[0], panels):
+        for label, (x, y, yerr) in series.items():
+            if yerr is None:
+                ax.plot(x, y, marker="o", markersize=3, label=label)
+            else:
+                ax.errorbar(x, y, yerr=yerr, marker="o", markersize=3, capsize=3, label=label)
+        ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110),
+                            force=force)
+    finally:
+        plt.close(fig)
+
+
+def curve_panels(curves: dict[str, Curve]) -> list[tuple[str, str, str, Series]]:
+    """Four panels (train/test loss/accuracy vs lambda) for a set of interpolation curves."""
+    panels = []
+    for metric, label in (("train_loss", "train loss"), ("test_loss", "test loss"),
+                          ("train_acc", "train accuracy"), ("test_acc", "test accuracy")):
+        panels.append((label, "λ", label, {name: (c.lambdas, getattr(c, metric), None)
+                                           for name, c in curves.items()}))
+    return panels

@@ -99,6 +99,11 @@ class PermutationSpec:
                 out.setdefault(m.key, []).append((name, m))
         return out
 
+    def restricted(self, keys: set[str]) -> "PermutationSpec":
+        """The same groups with only the members whose key is in ``keys``."""
+        return PermutationSpec({n: Group(n, g.size, [m for m in g.members if m.key in keys])
+                                for n, g in self.groups.items()}, dict(self.fixed))
+
     def canonical(self) -> set[frozenset[Member]]:
         """Groups as sets of members, ignoring names: for comparing specs."""
         return {frozenset(g.members) for g in self.groups.values()}

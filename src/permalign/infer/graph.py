@@ -1,7 +1,6 @@
 """Walk a ``torch.export`` graph, apply the op rules, and read the spec off the axis classes."""
 from __future__ import annotations
 
-import copy
 import math
 import operator
 import re
@@ -277,9 +276,14 @@ def infer_spec(model: nn.Module, example_inputs: Any, *,
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     kwargs = dict(example_kwargs or {})
-    work = copy.deepcopy(model).eval()
-    program = export_graph(work, example_inputs, kwargs)
-    spec = infer_from_exported(work, program, extra_rules)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # trace inference behaviour (BatchNorm running stats, no dropout)
+    try:
+        program = export_graph(model, example_inputs, kwargs)
+        spec = infer_from_exported(model, program, extra_rules)
+    finally:
+        for module, training in modes.items():
+            module.training = training
     spec.validate(model.state_dict())
     if check:
         from ..spec import check_spec

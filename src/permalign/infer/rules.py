@@ -82,7 +82,9 @@ def elementwise(ctx: "Context", args: dict[str, Any]) -> None:
                 ctx.unify(a, b)
 
 
-register_rule(*(f"aten.{n}" for n in ELEMENTWISE))(elementwise)
+# in-place variants (add_, relu_, ...) relate their axes in the same way
+register_rule(*(f"aten.{n}" for n in ELEMENTWISE),
+              *(f"aten.{n}_" for n in ELEMENTWISE if not n.endswith("_")))(elementwise)
 
 
 @register_rule("aten.cumsum", "aten.cumprod", "aten.cummax", "aten.cummin", "aten.flip",

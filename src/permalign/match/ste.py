@@ -40,8 +40,8 @@ def _midpoint_loss(model: nn.Module, state_a, permuted_b, free, x, y) -> torch.T
 @register("ste")
 def ste_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                  state_b: Mapping[str, torch.Tensor], *, model: nn.Module | None = None,
-                 data: Dataset | None = None, epochs: int = 1, lr: float = 1e-3,
-                 momentum: float = 0.9, batch_size: int = 500, seed: int = 0,
+                 data: Dataset | None = None, epochs: int = 1, lr: float = 0.3,
+                 momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
                  device: torch.device | str = "cpu", eval_examples: int = 2000,
                  progress: bool = False, **_: object) -> MatchResult:
     """Permutation of B's units that minimises the loss of the midpoint (paper Algorithm 2)."""

@@ -53,9 +53,7 @@ class _Matcher:
         self.members = {n: [m for m in g.members if m.key in keys] for n, g in spec.groups.items()}
         # B with every group's current permutation applied, on every axis
         from ..spec import apply_permutation
-        sub_spec = PermutationSpec({n: type(g)(n, g.size, self.members[n])
-                                    for n, g in spec.groups.items()})
-        self.b_cur = apply_permutation(sub_spec, self.perm, b)
+        self.b_cur = apply_permutation(spec.restricted(keys), self.perm, b)
         # A's rows never change: build them once
         self.a_rows = {(n, i): unit_rows(self.a[m.key], m, spec.groups[n].size)
                        for n in spec.groups for i, m in enumerate(self.members[n])}
@@ -152,3 +150,14 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
         timings={"total": total, "similarity": matcher.time_similarity,
                  "solver": matcher.time_solver},
         info={"sweeps": len(history), "seed": seed, "solver": solver})
+
+
+def matching_objective(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
+                       state_b: Mapping[str, torch.Tensor], perm: Permutation) -> float:
+    """The weight-matching objective sum <W_A, pi(W_B)> of a given permutation."""
+    from ..spec import apply_permutation
+    keys = {m.key for g in spec.groups.values() for m in g.members
+            if default_similarity_key(m.key)}
+    permuted = apply_permutation(spec.restricted(keys), perm, {k: state_b[k] for k in keys})
+    return float(sum(torch.dot(state_a[k].double().reshape(-1),
+                               permuted[k].double().reshape(-1)) for k in keys))
