@@ -100,8 +100,8 @@ def test_streaming_statistics_equal_one_batch(trained, digits):
     whole = activation_statistics(spec, model, a, b, x, batch_size=300)
     for g in spec.groups:
         assert streamed[g].count == whole[g].count
-        assert torch.allclose(streamed[g].correlation(), whole[g].correlation(), atol=1e-10)
-        assert torch.allclose(streamed[g].a.mean, whole[g].a.mean, atol=1e-12)
+        assert torch.allclose(streamed[g].correlation(), whole[g].correlation(), atol=1e-5)
+        assert torch.allclose(streamed[g].a.mean, whole[g].a.mean, atol=1e-9)
 
 
 def test_cross_moments_match_numpy_formula():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
@@ -101,9 +102,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise CheckpointError(f"{path} is not a weights-only checkpoint and was refused "
-                                  f"(it needs code to load: {_one_line(exc)[:120]}); "
-                                  "save a plain state dict instead") from None
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            if found:
+                raise CheckpointError(
+                    f"{path} was refused: it holds Python objects that need code to load "
+                    f"({found.group(1)}); save a plain state dict "
+                    "(torch.save(model.state_dict(), path)) or a .safetensors file") from None
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (unreadable pickle "
+                                  "data); expected a .pt state dict or a .safetensors file"
+                                  ) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
                 IndexError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load could not "

@@ -1,4 +1,8 @@
-"""Streaming first and second moments in float64, without holding all samples."""
+"""Streaming first and second moments, without holding all samples.
+
+Each chunk's sums are computed in the chunk's precision (float32 products are fast) and
+accumulated across chunks in float64.
+"""
 from __future__ import annotations
 
 import torch
@@ -13,12 +17,12 @@ class ChannelMoments:
         self.total_sq: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().double()  # (samples, n)
+        x = x.detach()  # (samples, n)
         if self.total is None:
             self.total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
             self.total_sq = torch.zeros_like(self.total)
-        self.total += x.sum(0)
-        self.total_sq += (x * x).sum(0)
+        self.total += x.sum(0, dtype=torch.float64)
+        self.total_sq += (x * x).sum(0, dtype=torch.float64)
         self.count += x.shape[0]
 
     @property
@@ -40,11 +44,11 @@ class CrossMoments:
         self.cross: torch.Tensor | None = None
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = a.detach().double(), b.detach().double()
+        a, b = a.detach(), b.detach()  # (samples, n) each
         if self.cross is None:
             self.cross = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64,
                                      device=a.device)
-        self.cross += a.T @ b  # (n, n)
+        self.cross += (a.T @ b).double()  # (n, n)
         self.a.update(a)
         self.b.update(b)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PermalignError
-from . import (counterexample, epochs, merge_many_exp, mlp_barrier, planted,  # noqa: F401
-               split_merge, width)
+from . import (bn_repair, counterexample, epochs, merge_many_exp, mlp_barrier,  # noqa: F401
+               planted, split_merge, width)
 from .common import REGISTRY, ExperimentConfig, write_results
 
 

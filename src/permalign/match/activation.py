@@ -56,25 +56,39 @@ def _loaded(model: nn.Module, state: Mapping[str, torch.Tensor], device) -> nn.M
 def activation_statistics(spec: PermutationSpec, model: nn.Module,
                           state_a: Mapping[str, torch.Tensor],
                           state_b: Mapping[str, torch.Tensor], x: torch.Tensor, *,
-                          batch_size: int = 500, device: torch.device | str = "cpu",
+                          batch_size: int = 256, device: torch.device | str = "cpu",
                           progress: bool = False) -> dict[str, CrossMoments]:
     """Per-group streaming moments of A's and B's activations over the inputs ``x``."""
     sites = consumer_sites(model, spec)
     names = {module for entries in sites.values() for module, _ in entries}
     model_a, model_b = _loaded(model, state_a, device), _loaded(model, state_b, device)
     moments = {g: CrossMoments() for g in spec.groups}
-    with record_inputs(model_a, names) as acts_a, record_inputs(model_b, names) as acts_b:
-        for xb, _ in tqdm(list(batches(x, x, batch_size)), disable=None if progress else True,
-                          desc="activations", leave=False):
-            xb = xb.to(device)
-            model_a(xb)
-            model_b(xb)
-            for group, entries in sites.items():
-                size = spec.groups[group].size
-                for module, member in entries:
-                    dim = feature_dim(model_a.get_submodule(module))
-                    moments[group].update(unit_samples(acts_a[module], member, size, dim),
-                                          unit_samples(acts_b[module], member, size, dim))
+    by_module: dict[str, list[tuple[str, object]]] = {}
+    for group, entries in sites.items():
+        for module, member in entries:
+            by_module.setdefault(module, []).append((group, member))
+    with record_inputs(model_a, names) as acts_a:
+        handles = []
+        for name in names:  # B's inputs are consumed as they appear, paired with A's
+            dim = feature_dim(model_b.get_submodule(name))
+
+            def hook(_module, args, _name=name, _dim=dim):
+                act_a = acts_a.pop(_name)
+                for group, member in by_module[_name]:
+                    size = spec.groups[group].size
+                    moments[group].update(unit_samples(act_a, member, size, _dim),
+                                          unit_samples(args[0], member, size, _dim))
+            handles.append(model_b.get_submodule(name).register_forward_pre_hook(hook))
+        try:
+            for xb, _ in tqdm(list(batches(x, x, batch_size)),
+                              disable=None if progress else True, desc="activations",
+                              leave=False):
+                xb = xb.to(device)
+                model_a(xb)
+                model_b(xb)
+        finally:
+            for h in handles:
+                h.remove()
     return moments
 
 
@@ -82,7 +96,7 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
 def activation_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                         state_b: Mapping[str, torch.Tensor], *, model: nn.Module | None = None,
                         data: Dataset | None = None, cost: str = "correlation",
-                        num_examples: int | None = None, batch_size: int = 500,
+                        num_examples: int | None = None, batch_size: int = 256,
                         device: torch.device | str = "cpu", solver: str = "scipy",
                         progress: bool = False, seed: int = 0, **_: object) -> MatchResult:
     """Permutation of B's units maximising the correlation (or cross-moment) of activations.
