@@ -11,7 +11,6 @@ import argparse
 import gc
 import time
 
-import torch
 
 from _common import emit, machine, table
 from permalign.data import load_dataset

@@ -14,7 +14,7 @@ import torch
 from _common import emit, machine, table
 from permalign.data import load_dataset
 from permalign.evaluate import evaluate
-from permalign.interpolate import interpolation_curve
+from permalign.interpolation import interpolation_curve
 from permalign.models import build_model
 
 

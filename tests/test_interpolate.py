@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from permalign.evaluate import evaluate
-from permalign.interpolate import (Curve, barrier, evaluate_state, interpolation_curve,
+from permalign.interpolation import (Curve, barrier, evaluate_state, interpolation_curve,
                                    lambda_grid, lerp_state, reset_bn_stats)
 from permalign.repair import Repairer
 from permalign.workflow import align

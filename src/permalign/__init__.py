@@ -4,10 +4,15 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import PermalignError
+from .infer import infer_spec
+from .interpolation import Curve, barrier, interpolation_curve
 from .match import METHODS, MatchResult, get_method, weight_matching
 from .spec import (Member, PermutationSpec, apply_permutation, check_spec, identity_permutation,
                    invert, random_permutation)
 
+interpolate = interpolation_curve  # permalign.interpolate(model, state_a, state_b, data, ...)
+
 __all__ = ["__version__", "PermalignError", "PermutationSpec", "Member", "apply_permutation",
-           "check_spec", "identity_permutation", "invert", "random_permutation",
-           "weight_matching", "MatchResult", "METHODS", "get_method"]
+           "check_spec", "identity_permutation", "invert", "random_permutation", "infer_spec",
+           "weight_matching", "MatchResult", "METHODS", "get_method", "interpolate",
+           "interpolation_curve", "Curve", "barrier"]

@@ -13,7 +13,7 @@ import torch
 from . import zoo
 from .data import DATASET_SHAPES, Dataset, canonical_name, load_dataset
 from .errors import PermalignError
-from .interpolate import DEFAULT_POINTS, interpolation_curve
+from .interpolation import DEFAULT_POINTS, interpolation_curve
 from .io import (atomic_write_text, check_writable, load_checkpoint_for, save_state_dict)
 from .match import METHODS
 from .models import resolve_model
@@ -267,7 +267,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     model, spec = _model(args)
     reference = model.state_dict()
     states = [load_checkpoint_for(path, reference) for path in args.checkpoints]
-    from .interpolate import has_batchnorm, reset_bn_stats
+    from .interpolation import has_batchnorm, reset_bn_stats
     from .merge import merge_many
     result = merge_many(spec, states, seed=args.seed, device=device)
     merged = result.merged

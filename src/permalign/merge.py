@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import PermalignError
-from .interpolate import mean_state
+from .interpolation import mean_state
 from .match.weight import weight_matching
 from .spec import Permutation, PermutationSpec, apply_permutation, identity_permutation
 
@@ -72,6 +72,6 @@ def merge_many(spec: PermutationSpec, states: list[StateDict], *, seed: int = 0,
 def merge_two(spec: PermutationSpec, state_a: StateDict, state_b: StateDict, *, seed: int = 0,
               device: torch.device | str = "cpu", weight: float = 0.5) -> dict[str, torch.Tensor]:
     """Weight-match B to A and return (1 - weight) A + weight pi(B)."""
-    from .interpolate import lerp_state
+    from .interpolation import lerp_state
     result = weight_matching(spec, state_a, state_b, seed=seed, device=device)
     return lerp_state(state_a, apply_permutation(spec, result.perm, state_b), weight)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .interpolate import Curve
+from .interpolation import Curve
 from .io import atomic_write
 
 
@@ -24,6 +24,12 @@ def plot_curves(curves: dict[str, Curve], path: str | Path, *, title: str = "",
     ax_loss.set(xlabel="λ (0 = model A, 1 = model B)", ylabel="cross-entropy loss")
     ax_acc.set(xlabel="λ (0 = model A, 1 = model B)", ylabel="accuracy")
     ax_loss.legend(fontsize=8)
+    return _save(fig, path, title=title, force=force)
+
+
+def _save(fig, path: str | Path, *, title: str, force: bool) -> Path:
+    """Write ``fig`` as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -55,14 +61,7 @@ def plot_panels(panels: list[tuple[str, str, str, Series]], path: str | Path, *,
         if logx:
             ax.set_xscale("log", base=2)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110),
-                            force=force)
-    finally:
-        plt.close(fig)
+    return _save(fig, path, title=title, force=force)
 
 
 def curve_panels(curves: dict[str, Curve]) -> list[tuple[str, str, str, Series]]:

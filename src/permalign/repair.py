@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .data import batches
-from .interpolate import has_batchnorm, lerp_state, reset_bn_stats
+from .interpolation import has_batchnorm, lerp_state, reset_bn_stats
 from .sites import feature_dim, repair_sites
 from .spec import PermutationSpec
 from .stats import ChannelMoments

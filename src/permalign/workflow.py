@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .data import Dataset
-from .interpolate import Curve, interpolation_curve
+from .interpolation import Curve, interpolation_curve
 from .match import MatchResult, get_method
 from .models import build_model
 from .spec import PermutationSpec, apply_permutation

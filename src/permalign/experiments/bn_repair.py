@@ -1,7 +1,7 @@
 """BatchNorm models: the aligned midpoint without BN reset, with BN reset, and with REPAIR."""
 from __future__ import annotations
 
-from ..interpolate import interpolation_curve
+from ..interpolation import interpolation_curve
 from ..models import resolve_model
 from ..plot import plot_panels
 from ..workflow import align

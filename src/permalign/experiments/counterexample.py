@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..interpolate import barrier, lambda_grid, lerp_state
+from ..interpolation import barrier, lambda_grid, lerp_state
 from ..match import weight_matching
 from ..plot import plot_panels
 from ..spec import apply_permutation

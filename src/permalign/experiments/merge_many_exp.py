@@ -1,7 +1,7 @@
 """MergeMany of several independently trained MLPs (paper Algorithm 3, Table 3)."""
 from __future__ import annotations
 
-from ..interpolate import evaluate_state, mean_state
+from ..interpolation import evaluate_state, mean_state
 from ..merge import merge_many
 from ..models import resolve_model
 from .common import (ExperimentConfig, experiment, experiment_data, table, trained_state)

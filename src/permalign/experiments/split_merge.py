@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 from ..evaluate import evaluate, evaluate_ensemble
-from ..interpolate import interpolation_curve
+from ..interpolation import interpolation_curve
 from ..models import resolve_model
 from ..plot import plot_panels
 from ..workflow import align

@@ -1,7 +1,7 @@
 """Barrier against model width, naive and aligned (paper Figure 4)."""
 from __future__ import annotations
 
-from ..interpolate import interpolation_curve
+from ..interpolation import interpolation_curve
 from ..models import resolve_model
 from ..plot import plot_panels
 from ..workflow import align
