@@ -20,7 +20,7 @@ def _strategies(spec, model, a, b, data, trial, device):
     single = weight_matching(spec, a, b, seed=trial, device=device)
     restarts = max((weight_matching(spec, a, b, seed=100 * trial + r, device=device)
                     for r in range(5)), key=lambda r: r.history[-1])
-    act = activation_matching(spec, a, b, model=model, data=data, num_examples=2000,
+    act = activation_matching(spec, a, b, model=model, data=data, num_examples=500,
                               device=device)
     warm = weight_matching(spec, a, b, seed=trial, init=act.perm, device=device)
     return {"weight matching": single, "best of 5 seeds": restarts,
