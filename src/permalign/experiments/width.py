@@ -30,7 +30,7 @@ def run(cfg: ExperimentConfig) -> dict:
     eval_data = data if cfg.quick else data.subset(train=10000)
     mlp_widths = [16, 64, 256] if cfg.quick else (
         [16, 32, 64, 128, 256, 512, 1024, 2048] if gpu else [16, 32, 64, 128, 256, 512, 1024])
-    conv_widths = [1] if cfg.quick else ([1, 2, 4, 8, 16] if gpu else [1, 2])
+    conv_widths = [1] if cfg.quick else ([1, 2, 4, 8, 16] if gpu else [1])
     conv_data = data.subset(train=1000 if cfg.quick else (None if gpu else 5000))
     epochs, conv_epochs = (1, 1) if cfg.quick else (5, 20 if gpu else 3)
     points = 9 if cfg.quick else 25
@@ -42,9 +42,9 @@ def run(cfg: ExperimentConfig) -> dict:
         results["mlp"].append({"width": width, "naive": naive, "weight": aligned})
     for width in conv_widths:
         cfg.log(f"ResNet-20 width x{width}")
+        conv_eval = conv_data if gpu else conv_data.subset(train=2000, test=2000)
         naive, aligned = _barriers(cfg, f"resnet20:width={width},norm=ln", conv_data,
-                                   conv_data.subset(train=min(5000, len(conv_data.train_x))),
-                                   conv_epochs, 0, 1, points)
+                                   conv_eval, conv_epochs, 0, 1, points if gpu else 11)
         results["resnet20"].append({"width": width, "naive": naive, "weight": aligned})
     panels = []
     for family, rows in results.items():
@@ -65,5 +65,6 @@ def run(cfg: ExperimentConfig) -> dict:
             "setup": {"dataset": data.name, "mlp_train_examples": len(data.train_x),
                       "mlp_epochs": epochs, "conv_epochs": conv_epochs,
                       "conv_train_examples": len(conv_data.train_x),
+                      "conv_eval": "all" if gpu else "2000 train + 2000 test examples",
                       "eval_train_examples": len(eval_data.train_x)},
             "_seeds": {"models": [0, 1], "matching": 0}}
