@@ -203,7 +203,8 @@ def test_inferred_specs_of_random_architectures(arch):
     permuted = apply_permutation(spec, perm, state)
     back = apply_permutation(spec, invert(perm), permuted)
     assert all(torch.equal(back[k], state[k]) for k in state)
-    result = weight_matching(spec, state, permuted, seed=seed)
+    # coordinate descent can stall on tiny random nets: restarts from random starts fix that
+    result = weight_matching(spec, state, permuted, seed=seed, restarts=4)
     assert same_perm(result.perm, invert(perm))
     # residual: one stream group holds the stem and every layer's output
     if residual and len(widths) > 1 and widths[0] > 1:
@@ -224,5 +225,6 @@ def test_hand_written_mlp_specs(depth, width, norm, seed):
     check_spec(model, spec, torch.randn(4, 6), generator=torch.Generator().manual_seed(seed))
     state = model.state_dict()
     perm = random_permutation(spec, torch.Generator().manual_seed(seed + 1))
-    result = weight_matching(spec, state, apply_permutation(spec, perm, state), seed=seed)
+    result = weight_matching(spec, state, apply_permutation(spec, perm, state), seed=seed,
+                             restarts=4)
     assert same_perm(result.perm, invert(perm))

@@ -1,8 +1,4 @@
-"""Streaming first and second moments, without holding all samples.
-
-Each chunk's sums are computed in the chunk's precision (float32 products are fast) and
-accumulated across chunks in float64.
-"""
+"""Streaming first and second moments in float64, without holding all samples."""
 from __future__ import annotations
 
 import torch
@@ -44,11 +40,11 @@ class CrossMoments:
         self.cross: torch.Tensor | None = None
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = a.detach(), b.detach()  # (samples, n) each
+        a, b = a.detach().double(), b.detach().double()  # (samples, n) each
         if self.cross is None:
             self.cross = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64,
                                      device=a.device)
-        self.cross += (a.T @ b).double()  # (n, n)
+        self.cross += a.T @ b  # (n, n)
         self.a.update(a)
         self.b.update(b)
 

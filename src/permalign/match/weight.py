@@ -16,7 +16,8 @@ import torch
 
 from .. import lap
 from ..errors import SpecError
-from ..spec import Member, Permutation, PermutationSpec, identity_permutation, member_index
+from ..spec import (Member, Permutation, PermutationSpec, identity_permutation, member_index,
+                    random_permutation)
 from .base import MatchResult, float_state, register
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -105,13 +106,26 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     state_b: Mapping[str, torch.Tensor], *, seed: int = 0, max_iter: int = 100,
                     init: Permutation | None = None, device: torch.device | str | None = None,
                     solver: str = "scipy", similarity_keys: Callable[[str], bool] | None = None,
-                    **_: object) -> MatchResult:
+                    restarts: int = 0, **_: object) -> MatchResult:
     """Permutation of B's units that maximises sum <W_A, pi(W_B)> (paper Algorithm 1).
 
     Groups are visited in a fresh random order each sweep (seeded by ``seed``); the loop stops
     after a sweep with no improvement, or after ``max_iter`` sweeps. ``init`` is the starting
     permutation (identity if None). Products run on ``device`` (default: where state_a lives).
+    ``restarts`` > 0 also runs from that many random starting permutations and keeps the run
+    with the highest objective (coordinate descent can stop in a local optimum).
     """
+    if restarts > 0:  # also start from random permutations; keep the best objective
+        runs = [weight_matching(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
+                                device=device, solver=solver, similarity_keys=similarity_keys)]
+        for r in range(restarts):
+            start_perm = random_permutation(spec, torch.Generator().manual_seed(seed + 1 + r))
+            runs.append(weight_matching(spec, state_a, state_b, seed=seed + 1 + r,
+                                        max_iter=max_iter, init=start_perm, device=device,
+                                        solver=solver, similarity_keys=similarity_keys))
+        best = max(runs, key=lambda res: res.history[-1] if res.history else float("-inf"))
+        best.info["restarts"] = restarts
+        return best
     start = time.perf_counter()
     spec.validate(state_a)
     spec.validate(state_b)
