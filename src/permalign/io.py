@@ -1,7 +1,6 @@
 """Safe checkpoint loading and atomic file output."""
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import re
@@ -161,7 +160,3 @@ def load_checkpoint_for(path: str | Path, reference: Mapping[str, torch.Tensor]
     check_state_dict(state, reference, name=str(path))
     return {k: state[k].to(reference[k].dtype) for k in reference}
 
-
-def finite(x: float) -> float | None:
-    """A JSON-safe float (None for NaN/Inf)."""
-    return x if math.isfinite(x) else None

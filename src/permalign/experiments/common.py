@@ -73,6 +73,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)
 
 
+def _checkpoint_stem(model_string: str, data: Dataset, *, seed: int, epochs: int,
+                     tag: str = "", lr: float = 1e-3, optimizer: str = "adam") -> str:
+    """File name (without suffix) of a cached checkpoint; one place so snapshots match."""
+    return _slug(f"{model_string}-{data.name}-n{len(data.train_x)}{tag}-s{seed}-{optimizer}"
+                 f"{lr:g}-e{epochs}")
+
+
 def trained_state(cfg: ExperimentConfig, model_string: str, data: Dataset, *, seed: int,
                   epochs: int, tag: str = "", lr: float = 1e-3, optimizer: str = "adam",
                   snapshots: bool = False) -> dict[str, torch.Tensor]:
@@ -82,8 +89,8 @@ def trained_state(cfg: ExperimentConfig, model_string: str, data: Dataset, *, se
     """
     folder = cfg.out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = _slug(f"{model_string}-{data.name}-n{len(data.train_x)}{tag}-s{seed}-{optimizer}"
-                 f"{lr:g}-e{epochs}")
+    stem = _checkpoint_stem(model_string, data, seed=seed, epochs=epochs, tag=tag, lr=lr,
+                            optimizer=optimizer)
     path = folder / f"{stem}.pt"
     if path.exists():
         return load_state_dict(path)
@@ -109,9 +116,7 @@ def snapshot(cfg: ExperimentConfig, model_string: str, data: Dataset, *, seed: i
                           **kwargs)
     if at >= epochs:
         return final
-    stem = _slug(f"{model_string}-{data.name}-n{len(data.train_x)}{kwargs.get('tag', '')}"
-                 f"-s{seed}-{kwargs.get('optimizer', 'adam')}{kwargs.get('lr', 1e-3):g}"
-                 f"-e{epochs}")
+    stem = _checkpoint_stem(model_string, data, seed=seed, epochs=epochs, **kwargs)
     path = cfg.out / "checkpoints" / f"{stem}-at{at}.pt"
     if not path.exists():
         raise PermalignError(f"snapshot {path} is missing; delete {cfg.out / 'checkpoints'} "

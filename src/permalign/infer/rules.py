@@ -7,7 +7,6 @@ Ops without a rule make inference fail with the op's name and source location.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -671,6 +670,3 @@ def attention(ctx: "Context", args: dict[str, Any]) -> None:
 def getitem(ctx: "Context", args: dict[str, Any]) -> None:
     ctx.set_output(ctx.item(args["self"], args["index"]))
 
-
-def numel(terms: list[Term], ctx: "Context") -> int:
-    return math.prod(ctx.alg.size(t) for t in terms)
