@@ -28,7 +28,7 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
     out = {}
     for name in REGISTRY:
-        cfg = ExperimentConfig(out=root / name, quick=True, dataset="digits",
+        cfg = ExperimentConfig(out=root / name, scale="quick", dataset="digits",
                                seeds=2 if name == "planted" else None, progress=False)
         path = run_experiment(name, cfg)
         out[name] = (path.parent, json.loads(path.read_text()))
@@ -50,18 +50,19 @@ def test_experiment_output_structure(results, name):
 
 def test_mlp_barrier_curves_and_barriers(results):
     _, record = results["mlp-barrier"]
-    assert set(record["curves"]) == {"naive", "weight", "activation", "ste"}
-    for curve in record["curves"].values():
+    results = record["results"]
+    assert set(results["curves"]) == {"naive", "weight", "activation", "ste"}
+    for curve in results["curves"].values():
         assert len(curve["lambdas"]) == 25 and len(curve["test_loss"]) == 25
-    for method, summary in record["summary"].items():
+    for method, summary in results["summary"].items():
         assert summary["test_loss"]["mean"] >= -0.05, method
-    naive = record["summary"]["naive"]["test_loss"]["mean"]
-    assert record["summary"]["weight"]["test_loss"]["mean"] < naive
+    naive = results["summary"]["naive"]["test_loss"]["mean"]
+    assert results["summary"]["weight"]["test_loss"]["mean"] < naive
 
 
 def test_counterexample_has_no_lmc(results):
     _, record = results["counterexample"]
-    assert record["summary"]["every_permutation_has_a_barrier"]
+    assert record["results"]["summary"]["every_permutation_has_a_barrier"]
     assert all(row[1] == 0 and row[2] == 0 for row in record["table"]["rows"])  # both perfect
 
 
@@ -69,7 +70,7 @@ def test_width_and_epochs_rows(results):
     _, width = results["width"]
     assert [r["width"] for r in width["results"]["mlp"]] == [16, 64, 256]
     _, epochs = results["epochs"]
-    assert [r["epoch"] for r in epochs["results"]] == [1, 2, 3]
+    assert [r["epoch"] for r in epochs["results"]["epochs"]] == [1, 2, 3]
 
 
 def test_planted_counts(results):
@@ -86,11 +87,18 @@ def test_report_renders_every_experiment(results, tmp_path, capsys):
     for name in REGISTRY:
         assert f"## {name}" in text
     assert "**Paper:**" in text and "Command:" in text
+    root = tmp_path / "all"  # the folder `experiment all --out DIR` writes is accepted as is
+    root.mkdir()
+    for folder, _ in results.values():
+        (root / folder.name).symlink_to(folder)
+    assert main(["report", str(root), "--out", str(tmp_path / "ALL.md")]) == 0
+    assert (tmp_path / "ALL.md").read_text().count("**Paper:**") == len(REGISTRY)
+    assert main(["report", str(root), "--out", str(tmp_path / "ALL.md")]) == 2  # no --force
 
 
 def test_merge_many_of_permuted_copies_is_the_model(trained):
     """MergeMany of permuted copies of one model recovers that model (up to permutation)."""
-    from permalign.spec import apply_permutation, random_permutation
+    from permalign.permutation import apply_permutation, random_permutation
     model, spec, state = trained("mlp:depth=2,width=64", 0, 5)
     copies = [state] + [apply_permutation(spec, random_permutation(
         spec, torch.Generator().manual_seed(s)), state) for s in range(3)]
@@ -121,3 +129,32 @@ def test_merge_command(trained, tmp_path, capsys):
 def test_unknown_experiment(capsys):
     assert main(["experiment", "nonsense"]) == 2
     assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_merge_reestimates_batchnorm_statistics(trained, digits):
+    """merge_many owns the BN reset: merged BN statistics are measured, not averaged."""
+    from permalign.statedict import mean_state
+    model, spec, a = trained("mlp:depth=2,width=32,norm=bn", 0, 3)
+    _, _, b = trained("mlp:depth=2,width=32,norm=bn", 1, 3)
+    with pytest.raises(Exception, match="--dataset"):
+        merge_many(spec, [a, b], model=model)
+    kept = merge_many(spec, [a, b], model=model, bn_reset=False)
+    reset = merge_many(spec, [a, b], model=model, bn_data=digits.train_x)
+    assert reset.bn_reset and not kept.bn_reset
+    averaged = mean_state(kept.aligned)
+    key = next(k for k in averaged if k.endswith("running_var"))
+    assert torch.allclose(kept.merged[key], averaged[key])
+    assert not torch.allclose(reset.merged[key], averaged[key])
+    weight = key.replace("running_var", "weight")
+    assert torch.equal(reset.merged[weight], kept.merged[weight])
+
+
+def test_experiment_refuses_to_overwrite_results(tmp_path, capsys):
+    out = tmp_path / "cx"
+    assert main(["experiment", "counterexample", "--quick", "--quiet", "--out", str(out)]) == 0
+    before = (out / "results.json").read_bytes()
+    assert main(["experiment", "counterexample", "--quick", "--quiet", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+    assert main(["experiment", "counterexample", "--quick", "--quiet", "--force",
+                 "--out", str(out)]) == 0

@@ -8,7 +8,7 @@ from conftest import same_perm
 from permalign import zoo
 from permalign.match import activation_matching, get_method, ste_matching, weight_matching
 from permalign.match.activation import activation_statistics
-from permalign.spec import apply_permutation, invert, random_permutation
+from permalign.permutation import apply_permutation, invert, random_permutation
 from permalign.stats import CrossMoments
 
 
@@ -117,13 +117,40 @@ def test_cross_moments_match_numpy_formula():
 
 
 def test_registry_and_errors():
-    assert get_method("weight") is weight_matching
+    assert get_method("weight").function is weight_matching
     from permalign.errors import PermalignError
     with pytest.raises(PermalignError, match="unknown matching method"):
         get_method("magic")
     model, spec, state = random_model("mlp:depth=1,width=8")
     with pytest.raises(PermalignError, match="needs the model"):
         activation_matching(spec, state, state)
+
+
+def test_method_options_are_declared_and_checked():
+    """Options are declared at registration; a typo or a bad value is an error, not ignored."""
+    from permalign.errors import PermalignError
+    from permalign.match import METHODS, Option, register
+    model, spec, state = random_model("mlp:depth=1,width=8")
+    with pytest.raises(TypeError):
+        weight_matching(spec, state, state, max_iters=1)  # typo of max_iter
+    weight = get_method("weight")
+    with pytest.raises(PermalignError, match="no option 'max_iters'"):
+        weight.run(spec, state, state, max_iters=1)
+    with pytest.raises(PermalignError, match="must be >= 1"):
+        weight.run(spec, state, state, max_iter=0)
+    with pytest.raises(PermalignError, match="finite"):
+        get_method("ste").run(spec, state, state, model=model, data=None, lr=float("nan"))
+    assert weight.run(spec, state, state, max_iter=2, seed=3).info["seed"] == 3
+    assert not weight.needs_data and get_method("activation").needs_data
+    for method in METHODS.values():  # every declared option is a parameter with its default
+        params = __import__("inspect").signature(method.function).parameters
+        for option in method.options:
+            assert params[option.name].default == option.default
+    with pytest.raises(TypeError, match="declares default"):
+        @register("broken", options=[Option("x", int, 1, "x")])
+        def broken(spec, a, b, *, x: int = 2):
+            raise AssertionError
+    assert "broken" not in METHODS
 
 
 @pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "resnet20:width=1,norm=bn",

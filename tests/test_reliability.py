@@ -21,7 +21,7 @@ from permalign.infer import infer_spec
 from permalign.io import load_state_dict, save_state_dict
 from permalign.match import weight_matching
 from permalign.models import build_model
-from permalign.spec import apply_permutation, check_spec, invert, random_permutation
+from permalign.permutation import apply_permutation, check_spec, invert, random_permutation
 from permalign.zoo import build
 import troubleshooting
 
@@ -74,18 +74,48 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+# a model that says (by creating a file) that training has started, so the test interrupts
+# work in progress however busy the machine is, instead of guessing with a fixed sleep
+STARTED_MODEL = """
+import os, torch
+class Marked(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256),
+                                       torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    def forward(self, x):
+        if self.training:
+            open(os.environ["STARTED_FILE"], "a").close()
+        return self.net(x)
+def factory():
+    return Marked()
+"""
+
+
+def wait_for(path, proc, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the command never started its work"
+        time.sleep(0.05)
+
+
 def test_interrupt_leaves_no_output(tmp_path):
-    out = tmp_path / "never.pt"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (tmp_path / "marked_model.py").write_text(STARTED_MODEL)
+    started = tmp_path / "started"
     proc = subprocess.Popen([sys.executable, "-m", "permalign", "train", "--model",
-                             "mlp:depth=3,width=256", "--epochs", "500", "--out", str(out),
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(6)
+                             "marked_model:factory", "--epochs", "500", "--out",
+                             str(out_dir / "never.pt"), "--quiet"], cwd=tmp_path,
+                            env={**os.environ, "STARTED_FILE": str(started)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(started, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["permalign: interrupted; no output was written"]
-    assert list(tmp_path.iterdir()) == []
+    assert list(out_dir.iterdir()) == []
 
 
 def test_same_seed_same_results_across_processes(tmp_path):

@@ -9,8 +9,8 @@ from torch import nn
 
 from permalign import zoo
 from permalign.errors import PermalignError, SpecError
-from permalign.spec import (Member, PermutationSpec, apply_permutation, check_spec, invert,
-                            random_permutation)
+from permalign.permutation import apply_permutation, check_spec, invert, random_permutation
+from permalign.spec import Member, PermutationSpec
 
 ZOO_CASES = [
     ("mlp:depth=3,width=32", (1, 8, 8)),
@@ -212,10 +212,10 @@ def test_concat_block_offset():
     net = Cat()
     with pytest.raises(SpecError, match="length"):  # a plain member must span the whole axis
         spec.validate(net.state_dict())
-    spec.groups["a"].members[2] = Member("out.weight", 1, block=True)
+    spec.groups["a"].members[2] = Member("out.weight", 1, partial=True)
     check_spec(net, spec, torch.randn(5, 3), trials=3)
     swapped = PermutationSpec.from_json(spec.to_json())
-    swapped.groups["b"].members[2] = Member("out.weight", 1, offset=0, block=True)
+    swapped.groups["b"].members[2] = Member("out.weight", 1, offset=0, partial=True)
     with pytest.raises(SpecError):
         check_spec(net, swapped, torch.randn(5, 3), generator=torch.Generator().manual_seed(1),
                    trials=8)

@@ -7,8 +7,9 @@ from .errors import PermalignError
 from .infer import infer_spec
 from .interpolation import Curve, barrier, interpolation_curve
 from .match import METHODS, MatchResult, get_method, weight_matching
-from .spec import (Member, PermutationSpec, apply_permutation, check_spec, identity_permutation,
-                   invert, random_permutation)
+from .permutation import (apply_permutation, check_spec, identity_permutation, invert,
+                          random_permutation)
+from .spec import Member, PermutationSpec
 
 interpolate = interpolation_curve  # permalign.interpolate(model, state_a, state_b, data, ...)
 

@@ -1,4 +1,4 @@
-"""Weight interpolation, interpolation curves, barriers and BatchNorm re-estimation."""
+"""Interpolation curves between two models and their barriers (paper Def. 2.2)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -9,59 +9,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Dataset, batches
+from .data import Dataset
 from .evaluate import evaluate
+from .repair import Repairer
+from .statedict import has_batchnorm, lerp_state, reset_bn_stats
 
 if TYPE_CHECKING:
     from .spec import PermutationSpec
 
 DEFAULT_POINTS = 25
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
-
-
-def lerp_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
-               lam: float) -> dict[str, torch.Tensor]:
-    """``(1 - lam) * A + lam * B`` for floating tensors; integer buffers are taken from A."""
-    return {k: torch.lerp(a, state_b[k].to(a.device), lam) if a.is_floating_point() else a.clone()
-            for k, a in state_a.items()}
-
-
-def mean_state(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of several state dicts (integer buffers from the first)."""
-    first = states[0]
-    return {k: torch.stack([s[k].to(v.device) for s in states]).mean(0) if v.is_floating_point()
-            else v.clone() for k, v in first.items()}
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@torch.no_grad()
-def reset_bn_stats(model: nn.Module, x: torch.Tensor, *, num_batches: int = 20,
-                   batch_size: int = 256, seed: int = 0) -> None:
-    """Re-estimate every BatchNorm's running mean and variance on ``num_batches`` batches of x.
-
-    Uses an exact cumulative average (momentum None) over the batches, then puts the model in
-    eval mode. Needed for interpolated or merged BatchNorm models (variance collapse).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    generator = torch.Generator().manual_seed(seed)
-    for i, (xb, _) in enumerate(batches(x, x.new_zeros(len(x)), batch_size, shuffle=True,
-                                        generator=generator)):
-        if i >= num_batches:
-            break
-        model(xb)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    model.eval()
 
 
 def barrier(values: list[float]) -> float:
@@ -135,7 +92,6 @@ def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
     curve = Curve(lambda_grid(points))
     repairer = None
     if repair:
-        from .repair import Repairer
         repairer = Repairer(model, spec, state_a, state_b, data.train_x, bn_batches=bn_batches)
     for lam in tqdm(curve.lambdas, disable=None if progress else True, desc="interpolate",
                     leave=False):

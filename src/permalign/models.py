@@ -4,12 +4,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import zoo
 from .errors import PermalignError
+from .permutation import check_spec
 from .spec import PermutationSpec
 
 
@@ -48,21 +50,45 @@ def build_model(model_string: str, input_shape: tuple[int, ...], num_classes: in
     return zoo.build(model_string, input_shape=input_shape, num_classes=num_classes)[0]
 
 
+def example_input(input_shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """A random batch of two inputs, for tracing and checking specs."""
+    return torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(seed))
+
+
+def load_spec_for(path: str | Path, model: nn.Module, example: torch.Tensor, *,
+                  check: bool = True) -> PermutationSpec:
+    """A spec from JSON, validated against the model's state dict and, with ``check``, against
+    its outputs (a random permutation must leave them unchanged)."""
+    spec = PermutationSpec.load(path)
+    spec.validate(model.state_dict())
+    if check:
+        try:
+            check_spec(model, spec, example, atol=1e-4, rtol=1e-3)
+        except PermalignError as exc:
+            raise type(exc)(f"--spec {path}: {exc} (pass --no-spec-check to use it anyway)"
+                            ) from None
+    return spec
+
+
 def resolve_model(model_string: str, input_shape: tuple[int, ...], num_classes: int, *,
-                  seed: int = 0, infer: bool = False) -> tuple[nn.Module, PermutationSpec]:
+                  seed: int = 0, infer: bool = False, spec_path: str | Path | None = None,
+                  check: bool = True) -> tuple[nn.Module, PermutationSpec]:
     """The model (initialised from ``seed``) and its spec.
 
-    Zoo models use their hand-written spec unless ``infer``; factories always infer it from a
-    random example input of ``input_shape`` (batch of 2).
+    The spec is, in order of preference: the JSON file ``spec_path`` (checked against the
+    model's outputs unless ``check`` is False), the zoo's hand-written spec unless ``infer``,
+    or one inferred from a random example input of ``input_shape`` (always for factories).
     """
     torch.manual_seed(seed)
+    spec: PermutationSpec | None = None
     if is_factory(model_string):
         model = load_factory(model_string)
-        infer = True
     else:
         model, spec = zoo.build(model_string, input_shape=input_shape, num_classes=num_classes)
-    if infer:
+    example = example_input(input_shape, seed)
+    if spec_path is not None:
+        return model, load_spec_for(spec_path, model, example, check=check)
+    if spec is None or infer:
         from .infer import infer_spec
-        example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(seed))
         spec = infer_spec(model, example)
     return model, spec

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .data import batches
-from .interpolation import has_batchnorm, lerp_state, reset_bn_stats
+from .statedict import has_batchnorm, lerp_state, reset_bn_stats
 from .sites import feature_dim, repair_sites
 from .spec import PermutationSpec
 from .stats import ChannelMoments
@@ -85,10 +85,3 @@ def _fold_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) ->
     if module.bias is None:
         raise ValueError(f"REPAIR needs a bias on {type(module).__name__}")
     module.bias.mul_(scale.to(weight.dtype)).add_(shift.to(weight.dtype))
-
-
-def repair_state(model: nn.Module, spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
-                 state_b: Mapping[str, torch.Tensor], lam: float, x: torch.Tensor
-                 ) -> dict[str, torch.Tensor]:
-    """One-off REPAIR of (1 - lam) A + lam B; see :class:`Repairer` for many lambdas."""
-    return Repairer(model, spec, state_a, state_b, x)(lam)

@@ -26,14 +26,6 @@ def feature_dim(module: nn.Module) -> int:
     return -1 if isinstance(module, nn.Linear | nn.LayerNorm) else 1
 
 
-def unit_samples(x: torch.Tensor, member: Member, size: int, dim: int) -> torch.Tensor:
-    """Reshape an activation into (samples, size): every other position counts as a sample."""
-    x = x.movedim(dim, -1)
-    x = x.reshape(-1, x.shape[-1])  # (samples, L)
-    block = x[:, member.offset:member.offset + member.span(size)]
-    block = block.reshape(-1, member.outer, size, member.inner).movedim(2, -1)
-    return block.reshape(-1, size)
-
 
 def _module_of(key: str, model: nn.Module) -> tuple[str, nn.Module] | None:
     prefix, _, leaf = key.rpartition(".")

@@ -1,18 +1,20 @@
-"""PermutationSpec: which (state_dict key, axis) pairs share one permutation.
+"""PermutationSpec: which (state_dict key, axis) pairs share one permutation — the data.
 
-A *permutation* is a mapping ``group name -> LongTensor`` of that group's size. Applying it
-to a state dict makes new unit ``i`` of a group out of old unit ``perm[i]`` on every member.
+This module holds the spec as data: members and groups, JSON round trip and validation. What a
+permutation *does* to tensors (member layout, apply, invert, random, check) is in
+:mod:`permalign.permutation`.
 
 A member usually covers a whole axis. Structured axes are described by three integers:
 the permuted block starts at ``offset`` on the axis, repeats ``outer`` times, and each unit
 spans ``inner`` consecutive indices. So the axis index of unit ``p`` is
 ``offset + o * size * inner + p * inner + j`` for ``o < outer`` and ``j < inner``. This covers
 conv -> flatten -> linear (``inner = H * W``), concatenation (``offset``), attention heads
-(``inner = head_dim``) and the within-head axis (``outer = num_heads``).
+(``inner = head_dim``) and the within-head axis (``outer = num_heads``). A member that covers
+only part of its axis (one input of a concatenation) says so with ``partial``; any other member
+must cover the whole axis, which is what catches a wrong group size.
 """
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,12 +38,17 @@ class Member:
     offset: int = 0
     outer: int = 1
     inner: int = 1
-    block: bool = False  # True: covers part of the axis (e.g. one input of a concatenation)
+    partial: bool = False  # covers only part of the axis (e.g. one input of a concatenation)
 
     @property
     def is_plain(self) -> bool:
         """Covers the whole axis, one index per unit."""
-        return self.offset == 0 and self.outer == 1 and self.inner == 1 and not self.block
+        return self.offset == 0 and self.outer == 1 and self.inner == 1 and not self.partial
+
+    @property
+    def covers_part(self) -> bool:
+        """True if other indices of the axis lie outside this member's units."""
+        return self.partial or self.offset > 0
 
     def span(self, size: int) -> int:
         """Number of axis indices this member touches for a group of ``size`` units."""
@@ -51,17 +58,38 @@ class Member:
         if self.is_plain:
             return [self.key, self.axis]
         return {"key": self.key, "axis": self.axis, "offset": self.offset,
-                "outer": self.outer, "inner": self.inner, "block": self.block}
+                "outer": self.outer, "inner": self.inner, "partial": self.partial}
+
+    def describe(self) -> str:
+        """``key  axis N`` plus the layout when it is not the whole axis."""
+        if self.is_plain:
+            return f"{self.key}  axis {self.axis}"
+        return (f"{self.key}  axis {self.axis} (offset={self.offset}, outer={self.outer}, "
+                f"inner={self.inner}{', partial' if self.partial else ''})")
 
     @staticmethod
     def from_json(obj: Any) -> "Member":
+        """``[key, axis]`` or ``{key, axis, offset, outer, inner, partial}`` (``block`` is read
+        as the old name of ``partial``)."""
         if isinstance(obj, list | tuple) and len(obj) == 2:
-            return Member(str(obj[0]), int(obj[1]))
-        if isinstance(obj, dict) and "key" in obj and "axis" in obj:
-            return Member(str(obj["key"]), int(obj["axis"]), int(obj.get("offset", 0)),
-                          int(obj.get("outer", 1)), int(obj.get("inner", 1)),
-                          bool(obj.get("block", False)))
-        raise SpecError(f"spec member {obj!r} is not [key, axis] or {{key, axis, ...}}")
+            key, axis = obj
+            extra: dict[str, Any] = {}
+        elif isinstance(obj, dict) and "key" in obj and "axis" in obj:
+            key, axis, extra = obj["key"], obj["axis"], obj
+        else:
+            raise SpecError(f"spec member {obj!r} is not [key, axis] or {{key, axis, ...}}")
+        numbers = {"axis": axis, **{n: extra.get(n, d) for n, d in
+                                    (("offset", 0), ("outer", 1), ("inner", 1))}}
+        for name, value in numbers.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise SpecError(f"spec member {obj!r}: {name} must be a non-negative integer")
+        if numbers["outer"] < 1 or numbers["inner"] < 1:
+            raise SpecError(f"spec member {obj!r}: outer and inner must be >= 1")
+        partial = extra.get("partial", extra.get("block", False))
+        if not isinstance(key, str) or not isinstance(partial, bool):
+            raise SpecError(f"spec member {obj!r}: key must be a string and partial a boolean")
+        return Member(key, numbers["axis"], numbers["offset"], numbers["outer"],
+                      numbers["inner"], partial)
 
 
 @dataclass
@@ -126,25 +154,33 @@ class PermutationSpec:
                 if m.is_plain and length != group.size:
                     raise SpecError(f"spec group {name!r} has size {group.size} but {m.key!r} axis "
                                     f"{m.axis} has length {length} (shape {list(shape)})")
-                if not m.block and m.offset == 0 and m.span(group.size) != length:
+                if not m.covers_part and m.span(group.size) != length:
                     raise SpecError(f"spec group {name!r}: {m.outer}x{group.size}x{m.inner} "
                                     f"units do not cover {m.key!r} axis {m.axis} of length "
-                                    f"{length}; mark the member as a block if that is meant")
+                                    f"{length}; mark the member as partial if that is meant")
                 if m.offset < 0 or m.offset + m.span(group.size) > length:
                     raise SpecError(f"spec group {name!r}: block of {m.key!r} axis {m.axis} "
                                     f"(offset {m.offset}, {m.outer}x{group.size}x{m.inner}) "
                                     f"exceeds length {length}")
 
     def validate_permutation(self, perm: Mapping[str, torch.Tensor]) -> None:
-        """Raise SpecError unless ``perm`` holds one valid permutation per group."""
+        """Raise SpecError unless ``perm`` holds one valid permutation per group: integer
+        indices, each of ``0..size-1`` exactly once (no duplicates, no short lists)."""
+        if not isinstance(perm, Mapping):
+            raise SpecError("a permutation must map group names to index tensors")
         for name, group in self.groups.items():
             if name not in perm:
                 raise SpecError(f"permutation has no entry for spec group {name!r}")
-            p = torch.as_tensor(perm[name])
+            p = perm[name]
+            if not isinstance(p, torch.Tensor):
+                p = torch.as_tensor(p)
+            if p.dtype in (torch.bool,) or p.is_floating_point() or p.is_complex():
+                raise SpecError(f"permutation for group {name!r} must hold integers, "
+                                f"not {p.dtype}")
             if p.shape != (group.size,) or not torch.equal(
-                    torch.sort(p.cpu()).values, torch.arange(group.size)):
+                    torch.sort(p.detach().cpu().long()).values, torch.arange(group.size)):
                 raise SpecError(f"permutation for group {name!r} is not a permutation of "
-                                f"0..{group.size - 1}")
+                                f"0..{group.size - 1} (each index exactly once)")
         extra = sorted(set(perm) - set(self.groups))
         if extra:
             raise SpecError(f"permutation names groups the spec lacks: {', '.join(extra[:5])}")
@@ -161,11 +197,20 @@ class PermutationSpec:
     def from_json(obj: Any) -> "PermutationSpec":
         if not isinstance(obj, dict) or not isinstance(obj.get("groups"), dict):
             raise SpecError("spec JSON must be an object with a 'groups' object")
-        spec = PermutationSpec(fixed=dict(obj.get("fixed", {})))
+        fixed = obj.get("fixed", {})
+        if not isinstance(fixed, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in fixed.items()):
+            raise SpecError("spec JSON 'fixed' must map 'key:axis' strings to reasons")
+        spec = PermutationSpec(fixed=dict(fixed))
         for name, g in obj["groups"].items():
             if not isinstance(g, dict) or "size" not in g or "members" not in g:
                 raise SpecError(f"spec group {name!r} needs 'size' and 'members'")
-            spec.add_group(name, int(g["size"]), [Member.from_json(m) for m in g["members"]])
+            size, members = g["size"], g["members"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise SpecError(f"spec group {name!r}: size must be a positive integer")
+            if not isinstance(members, list):
+                raise SpecError(f"spec group {name!r}: members must be a list")
+            spec.add_group(name, size, [Member.from_json(m) for m in members])
         return spec
 
     def save(self, path: str | Path) -> None:
@@ -175,127 +220,25 @@ class PermutationSpec:
     @staticmethod
     def load(path: str | Path) -> "PermutationSpec":
         try:
-            return PermutationSpec.from_json(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SpecError(f"cannot read spec {path}: {exc}") from None
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SpecError(f"spec {path} is not a UTF-8 text file (expected spec JSON)"
+                            ) from None
+        except OSError as exc:
+            raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from None
+        try:
+            return PermutationSpec.from_json(json.loads(text))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise SpecError(f"spec {path} is not valid JSON ({exc})") from None
 
     def describe(self) -> str:
         """Readable listing of groups (name, size, members) and fixed axes."""
         lines = [f"{len(self.groups)} permutation groups"]
         for name, g in self.groups.items():
             lines.append(f"  {name}  size={g.size}")
-            for m in g.members:
-                extra = "" if m.is_plain else (f" (offset={m.offset}, outer={m.outer}, "
-                                               f"inner={m.inner})")
-                lines.append(f"      {m.key}  axis {m.axis}{extra}")
+            lines += [f"      {m.describe()}" for m in g.members]
         if self.fixed:
             lines.append(f"{len(self.fixed)} fixed axes")
             for place, why in self.fixed.items():
                 lines.append(f"  {place}: {why}")
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ permutations
-def identity_permutation(spec: PermutationSpec) -> Permutation:
-    return {n: torch.arange(g.size) for n, g in spec.groups.items()}
-
-
-def random_permutation(spec: PermutationSpec, generator: torch.Generator | None = None
-                       ) -> Permutation:
-    """A uniformly random permutation for every group."""
-    return {n: torch.randperm(g.size, generator=generator) for n, g in spec.groups.items()}
-
-
-def invert(perm: Mapping[str, torch.Tensor]) -> Permutation:
-    """The inverse permutation: ``apply(invert(p), apply(p, sd)) == sd``."""
-    return {n: torch.argsort(torch.as_tensor(p)) for n, p in perm.items()}
-
-
-def perm_to_json(perm: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-    return {n: [int(i) for i in torch.as_tensor(p).tolist()] for n, p in perm.items()}
-
-
-def perm_from_json(obj: Any) -> Permutation:
-    if not isinstance(obj, dict):
-        raise SpecError("permutation JSON must be an object of group name -> index list")
-    return {n: torch.as_tensor(v, dtype=torch.long) for n, v in obj.items()}
-
-
-def member_index(member: Member, length: int, perm: torch.Tensor) -> torch.Tensor:
-    """Full-length gather index for one axis: ``new[i] = old[index[i]]``."""
-    size = perm.numel()
-    index = torch.arange(length, device=perm.device)
-    if member.is_plain:
-        return perm
-    # [outer, size, inner] block of the axis, permuted along the middle dimension
-    base = torch.arange(member.span(size), device=perm.device).view(member.outer, size,
-                                                                  member.inner)
-    index[member.offset:member.offset + member.span(size)] = (
-        base[:, perm, :].reshape(-1) + member.offset)
-    return index
-
-
-def axis_indices(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
-                 state_dict: StateDict) -> dict[str, dict[int, torch.Tensor]]:
-    """``key -> axis -> gather index`` combining every group acting on that axis."""
-    out: dict[str, dict[int, torch.Tensor]] = {}
-    for key, entries in spec.members_by_key().items():
-        shape = state_dict[key].shape
-        for name, m in entries:
-            p = torch.as_tensor(perm[name]).to(state_dict[key].device)
-            idx = member_index(m, shape[m.axis], p)
-            prev = out.setdefault(key, {}).get(m.axis)
-            out[key][m.axis] = idx if prev is None else prev[idx]
-    return out
-
-
-def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
-                      state_dict: StateDict) -> dict[str, torch.Tensor]:
-    """A new state dict with every group's permutation applied (inputs are not modified)."""
-    indices = axis_indices(spec, perm, state_dict)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        for axis, idx in indices.get(key, {}).items():
-            value = torch.index_select(value, axis, idx)
-        out[key] = value
-    return out
-
-
-# ------------------------------------------------------------------ checking
-def _flat_outputs(out: Any) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_flatten
-    if hasattr(out, "to_tuple"):  # Hugging Face ModelOutput
-        out = out.to_tuple()
-    leaves, _ = tree_flatten(out)
-    return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
-@torch.no_grad()
-def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: Any, *,
-               example_kwargs: dict[str, Any] | None = None, atol: float = 1e-5,
-               rtol: float = 1e-4, generator: torch.Generator | None = None,
-               trials: int = 1) -> float:
-    """Permute every group at random and raise SpecError if the model's outputs change.
-
-    Returns the largest absolute output difference seen. The model is run in eval mode on a copy;
-    ``model`` itself is not modified.
-    """
-    if not isinstance(example_inputs, tuple):
-        example_inputs = (example_inputs,)
-    kwargs = example_kwargs or {}
-    state = model.state_dict()
-    spec.validate(state)
-    work = copy.deepcopy(model).eval()
-    reference = _flat_outputs(work(*example_inputs, **kwargs))
-    worst = 0.0
-    for _ in range(trials):
-        perm = random_permutation(spec, generator)
-        work.load_state_dict(apply_permutation(spec, perm, state))
-        permuted = _flat_outputs(work(*example_inputs, **kwargs))
-        for ref, got in zip(reference, permuted, strict=True):
-            diff = (ref - got).abs().max().item() if ref.numel() else 0.0
-            worst = max(worst, diff)
-            if not torch.allclose(ref, got, atol=atol, rtol=rtol):
-                raise SpecError(f"outputs changed under the spec's permutation (max abs diff "
-                                f"{diff:.3g} > atol {atol}); the spec is wrong for this model")
-    return worst

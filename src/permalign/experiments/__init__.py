@@ -1,15 +1,20 @@
 """The paper's experiments, one command each (``permalign experiment NAME``).
 
-Each module registers one experiment; all of them are thin scripts over the library.
+Each module registers one experiment (imported here automatically); all of them are thin
+scripts over the library.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 from ..errors import PermalignError
-from . import (bn_repair, counterexample, epochs, merge_many_exp, mlp_barrier,  # noqa: F401
-               planted, split_merge, width)
-from .common import REGISTRY, ExperimentConfig, write_results
+from ..io import check_writable
+from .common import REGISTRY, SCALES, ExperimentConfig, ExperimentResult, write_results
+
+for _module in pkgutil.iter_modules(__path__):  # each module registers one experiment
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def run_experiment(name: str, cfg: ExperimentConfig) -> Path:
@@ -17,10 +22,12 @@ def run_experiment(name: str, cfg: ExperimentConfig) -> Path:
     if name not in REGISTRY:
         raise PermalignError(f"unknown experiment {name!r}; use one of "
                              f"{', '.join(REGISTRY)} or all")
+    entry = REGISTRY[name]
+    sizes = entry.sizes_for(cfg.scale)
+    if cfg.out.is_dir():  # refuse before hours of work, not after
+        check_writable(cfg.out / "results.json", force=cfg.force)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    results = REGISTRY[name].run(cfg)
-    seeds = results.pop("_seeds", {})
-    return write_results(cfg, name, results, seeds)
+    return write_results(cfg, name, entry.run(cfg, sizes))
 
 
-__all__ = ["REGISTRY", "ExperimentConfig", "run_experiment"]
+__all__ = ["REGISTRY", "SCALES", "ExperimentConfig", "ExperimentResult", "run_experiment"]

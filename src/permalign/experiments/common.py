@@ -13,25 +13,41 @@ from typing import Any
 import torch
 
 from ..data import Dataset, load_dataset
-from ..errors import PermalignError
+from ..errors import DataError, PermalignError
 from ..io import atomic_write_text, load_state_dict, save_state_dict
 from ..provenance import provenance
 from ..train import TrainConfig, train_model
 from ..models import build_model
 
 
+SCALES = ("quick", "full", "paper")
+
+
 @dataclass
 class ExperimentConfig:
-    """Options common to every experiment (``permalign experiment NAME ...``)."""
+    """Options common to every experiment (``permalign experiment NAME ...``).
+
+    ``scale``: ``quick`` (CI smoke test on 2 CPU cores), ``full`` (what RESULTS.md reports,
+    sized for a CPU) or ``paper`` (the paper's sizes, for a GPU).
+    """
 
     out: Path
-    quick: bool = False
+    scale: str = "full"
     dataset: str | None = None
     data_dir: str | None = None
     seeds: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True
+    force: bool = False  # overwrite an earlier run's results.json
     started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise PermalignError(f"unknown scale {self.scale!r}; use one of {', '.join(SCALES)}")
+
+    @property
+    def quick(self) -> bool:
+        return self.scale == "quick"
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -39,20 +55,52 @@ class ExperimentConfig:
 
 
 @dataclass
+class ExperimentResult:
+    """What every experiment returns; ``permalign report`` renders the common fields.
+
+    ``table`` is the headline table, ``setup`` the sizes actually used, ``seeds`` every seed
+    that went in, ``plots`` file names in the output folder, ``results`` the experiment's own
+    numbers (curves, summaries), and ``verdict`` the comparison with the paper's claim.
+    """
+
+    table: dict[str, Any]
+    setup: dict[str, Any]
+    seeds: dict[str, Any]
+    results: dict[str, Any] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+    verdict: dict[str, str] | None = None  # {"status": reproduced|partly|not, "why": ...}
+
+
+@dataclass
 class Experiment:
+    """A registered experiment: the paper's claim, its sizes per scale, and how to run it."""
+
     name: str
     claim: str  # what the paper says, shown beside our numbers
-    run: Callable[[ExperimentConfig], dict[str, Any]]
-    needs_data: bool = True
+    run: Callable[[ExperimentConfig, Any], ExperimentResult]
+    sizes: dict[str, Any]  # scale -> that experiment's sizes (a frozen dataclass)
+
+    def sizes_for(self, scale: str) -> Any:
+        if scale not in self.sizes:
+            raise PermalignError(f"experiment {self.name} has no {scale!r} scale; use one of "
+                                 f"{', '.join(self.sizes)}")
+        return self.sizes[scale]
 
 
 REGISTRY: dict[str, Experiment] = {}
 
 
-def experiment(name: str, claim: str, needs_data: bool = True):
-    """Decorator registering ``run(cfg) -> results`` as an experiment."""
+def experiment(name: str, claim: str, sizes: dict[str, Any]):
+    """Decorator registering ``run(cfg, sizes) -> ExperimentResult`` as an experiment.
+
+    ``sizes`` maps each scale the experiment supports (at least quick and full) to its sizes.
+    """
+    missing = {"quick", "full"} - set(sizes)
+    if missing:
+        raise TypeError(f"experiment {name!r} declares no {', '.join(sorted(missing))} sizes")
+
     def wrap(fn):
-        REGISTRY[name] = Experiment(name, claim, fn, needs_data)
+        REGISTRY[name] = Experiment(name, claim, fn, dict(sizes))
         return fn
     return wrap
 
@@ -62,8 +110,18 @@ QUICK_TRAIN, QUICK_TEST = 4000, 2000
 
 
 def experiment_data(cfg: ExperimentConfig, default: str = "fashion-mnist") -> Dataset:
-    """The experiment's data set (a seeded subset in quick mode)."""
-    data = load_dataset(cfg.dataset or default, cfg.data_dir)
+    """The experiment's data set (a seeded subset in quick mode).
+
+    A quick run with no ``--dataset`` falls back to the bundled digits, saying so, when the
+    default data set is not installed; other scales keep the error that says how to get it.
+    """
+    try:
+        data = load_dataset(cfg.dataset or default, cfg.data_dir)
+    except DataError as exc:
+        if not cfg.quick or cfg.dataset:
+            raise
+        print(f"note: {exc}; this quick run uses the bundled digits instead", flush=True)
+        data = load_dataset("digits")
     if cfg.quick:
         data = data.subset(train=QUICK_TRAIN, test=QUICK_TEST)
     return data
@@ -130,13 +188,15 @@ def mean_std(values: list[float]) -> dict[str, float]:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def write_results(cfg: ExperimentConfig, name: str, results: dict[str, Any],
-                  seeds: Any) -> Path:
-    """Write ``out/results.json`` with the experiment's claim and provenance."""
-    record = {"experiment": name, "claim": REGISTRY[name].claim, "quick": cfg.quick, **results,
-              "provenance": provenance(seeds=seeds, device=cfg.device, started=cfg.started)}
+def write_results(cfg: ExperimentConfig, name: str, result: ExperimentResult) -> Path:
+    """Write ``out/results.json``: the claim, the result's fields, and provenance."""
+    record = {"experiment": name, "claim": REGISTRY[name].claim, "scale": cfg.scale,
+              "quick": cfg.quick, "table": result.table, "setup": result.setup,
+              "plots": result.plots, "verdict": result.verdict, "results": result.results,
+              "provenance": provenance(seeds=result.seeds, device=cfg.device,
+                                       started=cfg.started)}
     path = cfg.out / "results.json"
-    atomic_write_text(path, json.dumps(record, indent=1, allow_nan=False), force=True)
+    atomic_write_text(path, json.dumps(record, indent=1, allow_nan=False), force=cfg.force)
     return path
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from ..interpolation import barrier, lambda_grid, lerp_state
+from ..interpolation import barrier, lambda_grid
+from ..statedict import lerp_state
 from ..match import weight_matching
 from ..plot import plot_panels
-from ..spec import apply_permutation
+from ..permutation import apply_permutation
 from ..zoo.mlp import build_mlp
-from .common import ExperimentConfig, experiment, table
+from dataclasses import dataclass
+
+from .common import ExperimentConfig, ExperimentResult, experiment, table
 
 # PyTorch Linear weights are (out, in)
 MODEL_A = {"layers.0.weight": [[1.0, 0.0], [0.0, -1.0]], "layers.0.bias": [1.0, 0.0],
@@ -32,16 +35,23 @@ def error(model: torch.nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor)
         return float(((model(x)[:, 0] >= 0) != y).float().mean())
 
 
+@dataclass(frozen=True)
+class Sizes:
+    points: int  # λ values on each line
+
+
+SIZES = {"quick": Sizes(points=51), "full": Sizes(points=129)}
+
+
 @experiment("counterexample", "A hand-built pair of perfect ReLU networks has no permutation "
-            "that makes the linear path between them loss-free (appendix A.6).",
-            needs_data=False)
-def run(cfg: ExperimentConfig) -> dict:
+            "that makes the linear path between them loss-free (appendix A.6).", SIZES)
+def run(cfg: ExperimentConfig, sizes: Sizes) -> ExperimentResult:
     model, spec = build_mlp((2,), 1, depth=2, width=2)
     a = {k: torch.tensor(v) for k, v in MODEL_A.items()}
     b = {k: torch.tensor(v) for k, v in MODEL_B.items()}
     x = torch.rand(4096, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = (x[:, 0] >= 0) & (x[:, 1] >= 0)
-    grid = lambda_grid(51 if cfg.quick else 129)
+    grid = lambda_grid(sizes.points)
     curves, rows = {}, []
     for first in (KEEP, SWAP):
         for second in (KEEP, SWAP):
@@ -58,11 +68,12 @@ def run(cfg: ExperimentConfig) -> dict:
     plot_panels([("0-1 error along the line", "λ", "error",
                   {label: (grid, errors, None) for label, errors in curves.items()})],
                 cfg.out / "counterexample.png", title="No permutation gives LMC")
-    return {"curves": {"lambdas": grid, **curves},
-            "summary": {"every_permutation_has_a_barrier": all(r[4] > 0 for r in rows),
-                        "weight_matching_choice": chosen},
-            "table": table(["permutation of B", "error at A", "error at B", "max error",
-                            "error barrier"], rows),
-            "plots": ["counterexample.png"],
-            "setup": {"points": len(x), "inputs": "uniform on [-1, 1]^2, seed 0"},
-            "_seeds": {"data": 0}}
+    return ExperimentResult(
+        results={"curves": {"lambdas": grid, **curves},
+                 "summary": {"every_permutation_has_a_barrier": all(r[4] > 0 for r in rows),
+                             "weight_matching_choice": chosen}},
+        table=table(["permutation of B", "error at A", "error at B", "max error",
+                     "error barrier"], rows),
+        plots=["counterexample.png"],
+        setup={"points": len(x), "inputs": "uniform on [-1, 1]^2, seed 0"},
+        seeds={"data": 0})

@@ -1,35 +1,47 @@
 """MLP barriers for naive, weight, activation and STE matching (paper Figure 2)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..models import resolve_model
 from ..plot import curve_panels, plot_panels
-from ..workflow import compare_alignments
-from .common import (ExperimentConfig, experiment, experiment_data, mean_std, table,
-                     trained_state)
+from ..workflow import align_and_compare
+from .common import (ExperimentConfig, ExperimentResult, experiment, experiment_data, mean_std,
+                     table, trained_state)
 
 MODEL = "mlp:depth=3,width=512"
 METHODS = ["weight", "activation", "ste"]
 
 
+@dataclass(frozen=True)
+class Sizes:
+    pairs: int  # pairs of independently trained models
+    epochs: int
+    ste_epochs: int
+
+
+SIZES = {"quick": Sizes(pairs=1, epochs=1, ste_epochs=1),
+         "full": Sizes(pairs=3, epochs=5, ste_epochs=3)}
+
+
 @experiment("mlp-barrier", "Naive interpolation of two MLPs has a large loss barrier; after "
-            "weight, activation or STE matching it is near zero, STE lowest (Fig. 2).")
-def run(cfg: ExperimentConfig) -> dict:
+            "weight, activation or STE matching it is near zero, STE lowest (Fig. 2).", SIZES)
+def run(cfg: ExperimentConfig, sizes: Sizes) -> ExperimentResult:
     data = experiment_data(cfg)
-    pairs = cfg.seeds or (1 if cfg.quick else 3)
-    epochs = 1 if cfg.quick else 5
+    pairs = cfg.seeds or sizes.pairs
     model, spec = resolve_model(MODEL, data.input_shape, data.num_classes)
-    options = {"ste": {"epochs": 1 if cfg.quick else 3, "progress": cfg.progress}}
+    options = {"ste": {"epochs": sizes.ste_epochs, "progress": cfg.progress}}
     barriers: dict[str, list[dict]] = {}
     first_curves = None
     for pair in range(pairs):
         cfg.log(f"pair {pair + 1}/{pairs}")
-        a = trained_state(cfg, MODEL, data, seed=2 * pair, epochs=epochs)
-        b = trained_state(cfg, MODEL, data, seed=2 * pair + 1, epochs=epochs)
-        curves, _ = compare_alignments(model, spec, a, b, data, METHODS, seed=pair,
+        a = trained_state(cfg, MODEL, data, seed=2 * pair, epochs=sizes.epochs)
+        b = trained_state(cfg, MODEL, data, seed=2 * pair + 1, epochs=sizes.epochs)
+        comparison = align_and_compare(model, spec, a, b, data, METHODS, seed=pair,
                                        device=cfg.device, method_options=options,
                                        progress=cfg.progress)
-        first_curves = first_curves or curves
-        for name, curve in curves.items():
+        first_curves = first_curves or comparison.curves
+        for name, curve in comparison.curves.items():
             barriers.setdefault(name, []).append(curve.barriers())
     plot_panels(curve_panels(first_curves), cfg.out / "curves.png",
                 title=f"{MODEL} on {data.name}: interpolation from A to B")
@@ -38,13 +50,12 @@ def run(cfg: ExperimentConfig) -> dict:
     rows = [[name] + [f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in
                       ("train_loss", "test_loss", "train_acc", "test_acc")]
             for name, s in summary.items()]
-    return {
-        "summary": summary,
-        "curves": {name: c.to_json()["curve"] for name, c in first_curves.items()},
-        "table": table(["method", "train loss barrier", "test loss barrier",
-                        "train error barrier", "test error barrier"], rows),
-        "plots": ["curves.png"],
-        "setup": {"model": MODEL, "dataset": data.name, "train_examples": len(data.train_x),
-                  "epochs": epochs, "pairs": pairs},
-        "_seeds": {"models": list(range(2 * pairs)), "matching": list(range(pairs))},
-    }
+    return ExperimentResult(
+        results={"summary": summary,
+                 "curves": {name: c.to_json()["curve"] for name, c in first_curves.items()}},
+        table=table(["method", "train loss barrier", "test loss barrier",
+                     "train error barrier", "test error barrier"], rows),
+        plots=["curves.png"],
+        setup={"model": MODEL, "dataset": data.name, "train_examples": len(data.train_x),
+               "epochs": sizes.epochs, "pairs": pairs},
+        seeds={"models": list(range(2 * pairs)), "matching": list(range(pairs))})

@@ -6,9 +6,11 @@ import torch
 from ..match import activation_matching, weight_matching
 from ..match.weight import matching_objective
 from ..models import resolve_model
-from ..spec import apply_permutation, invert, random_permutation
-from .common import (ExperimentConfig, experiment, experiment_data, mean_std, table,
-                     trained_state)
+from ..permutation import apply_permutation, invert, random_permutation
+from dataclasses import dataclass
+
+from .common import (ExperimentConfig, ExperimentResult, experiment, experiment_data, mean_std,
+                     table, trained_state)
 
 
 def _recovered(found, truth) -> bool:
@@ -27,20 +29,31 @@ def _strategies(spec, model, a, b, data, trial, device):
             "activation matching": act, "activation init + weight matching": warm}
 
 
+@dataclass(frozen=True)
+class Sizes:
+    trials: int
+    train: int  # training examples of the model that is permuted
+    epochs: int
+
+
+SIZES = {"quick": Sizes(trials=5, train=1000, epochs=1),
+         "full": Sizes(trials=20, train=4000, epochs=3)}
+
+
 @experiment("planted", "Weight matching of a model against a permuted copy of itself should "
             "recover the permutation; a published test on a small residual net succeeded in "
-            "10 of 100 runs; restarts and better starting points should do far better.")
-def run(cfg: ExperimentConfig) -> dict:
+            "10 of 100 runs; restarts and better starting points should do far better.", SIZES)
+def run(cfg: ExperimentConfig, sizes: Sizes) -> ExperimentResult:
     data = experiment_data(cfg)
-    trials = cfg.seeds or (5 if cfg.quick else 20)
+    trials = cfg.seeds or sizes.trials
     models = ["mlp:depth=3,width=256", "vgg11:width=0.25,norm=bn", "resnet20:width=1,norm=ln",
               "resnet20:width=2,norm=bn"]
-    small = data.subset(train=1000 if cfg.quick else 4000)
+    small = data.subset(train=sizes.train)
     rows, results = [], {}
     for model_string in models:
         cfg.log(f"planted permutations: {model_string}")
         model, spec = resolve_model(model_string, data.input_shape, data.num_classes)
-        a = trained_state(cfg, model_string, small, seed=0, epochs=1 if cfg.quick else 3)
+        a = trained_state(cfg, model_string, small, seed=0, epochs=sizes.epochs)
         outcome: dict[str, list] = {}
         for trial in range(trials):
             perm = random_permutation(spec, torch.Generator().manual_seed(1000 + trial))
@@ -62,9 +75,9 @@ def run(cfg: ExperimentConfig) -> dict:
             rows.append([model_string, name, f"{sum(ok for ok, _ in runs)}/{len(runs)}",
                          f"{rate:.2f}",
                          f"{mean_std(gaps)['mean']:.2e}" if gaps else "-"])
-    return {"results": results, "plots": [],
-            "table": table(["model", "strategy", "recovered", "rate",
-                            "relative objective gap when missed"], rows),
-            "setup": {"dataset": data.name, "train_examples": len(small.train_x),
-                      "trials": trials},
-            "_seeds": {"model": 0, "planted": [1000 + t for t in range(trials)]}}
+    return ExperimentResult(
+        results=results,
+        table=table(["model", "strategy", "recovered", "rate",
+                     "relative objective gap when missed"], rows),
+        setup={"dataset": data.name, "train_examples": len(small.train_x), "trials": trials},
+        seeds={"model": 0, "planted": [1000 + t for t in range(trials)]})

@@ -2,32 +2,41 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 from ..evaluate import evaluate, evaluate_ensemble
-from ..interpolation import interpolation_curve
 from ..models import resolve_model
 from ..plot import plot_panels
-from ..workflow import align
-from .common import (ExperimentConfig, experiment, experiment_data, table, trained_state)
+from ..workflow import align_and_compare
+from .common import (ExperimentConfig, ExperimentResult, experiment, experiment_data, table,
+                     trained_state)
 
 MODEL = "mlp:depth=3,width=512"
 
 
+@dataclass(frozen=True)
+class Sizes:
+    epochs: int
+    points: int
+
+
+SIZES = {"quick": Sizes(epochs=1, points=11), "full": Sizes(epochs=5, points=25)}
+
+
 @experiment("split-merge", "Models trained on biased label splits (20%/80%) merge, after "
             "weight matching, into a model with lower test loss over all classes than either "
-            "input (not higher accuracy) (§5.4).")
-def run(cfg: ExperimentConfig) -> dict:
+            "input (not higher accuracy) (§5.4).", SIZES)
+def run(cfg: ExperimentConfig, sizes: Sizes) -> ExperimentResult:
     data = experiment_data(cfg)
     half_a, half_b = data.biased_halves(0.2, seed=0)
-    epochs = 1 if cfg.quick else 5
-    points = 11 if cfg.quick else 25
+    points = sizes.points
     model, spec = resolve_model(MODEL, data.input_shape, data.num_classes)
-    a = trained_state(cfg, MODEL, half_a, seed=0, epochs=epochs, tag="-splitA")
-    b = trained_state(cfg, MODEL, half_b, seed=1, epochs=epochs, tag="-splitB")
-    full = trained_state(cfg, MODEL, data, seed=2, epochs=epochs)
-    aligned_b, _ = align("weight", spec, model, a, b, device=cfg.device)
-    naive = interpolation_curve(model, a, b, data, points=points, device=cfg.device)
-    merged = interpolation_curve(model, a, aligned_b, data, points=points, device=cfg.device)
+    a = trained_state(cfg, MODEL, half_a, seed=0, epochs=sizes.epochs, tag="-splitA")
+    b = trained_state(cfg, MODEL, half_b, seed=1, epochs=sizes.epochs, tag="-splitB")
+    full = trained_state(cfg, MODEL, data, seed=2, epochs=sizes.epochs)
+    comparison = align_and_compare(model, spec, a, b, data, ["weight"], points=points,
+                                   device=cfg.device)
+    naive, merged = comparison.curves["naive"], comparison.curves["weight"]
     test_x, test_y = data.test_x.to(cfg.device), data.test_y.to(cfg.device)
     model_a, model_b = copy.deepcopy(model).to(cfg.device), copy.deepcopy(model).to(cfg.device)
     model_a.load_state_dict(a)
@@ -52,13 +61,15 @@ def run(cfg: ExperimentConfig) -> dict:
     plot_panels(panels, cfg.out / "split_merge.png",
                 title=f"Biased-split merge, {MODEL} on {data.name}")
     beats = merged.test_loss[mid] < min(merged.test_loss[0], merged.test_loss[-1])
-    return {"curves": {"naive": naive.to_json()["curve"], "weight": merged.to_json()["curve"]},
-            "summary": {"midpoint_beats_both_inputs_on_test_loss": beats,
-                        "ensemble": {"test_loss": ensemble[0], "test_acc": ensemble[1]},
-                        "all_data": {"test_loss": all_data[0], "test_acc": all_data[1]}},
-            "table": table(["model", "test loss (all classes)", "test accuracy"],
-                           [[r[0], round(r[1], 4), round(r[2], 4)] for r in rows]),
-            "plots": ["split_merge.png"],
-            "setup": {"model": MODEL, "dataset": data.name, "epochs": epochs,
-                      "train_examples": [len(half_a.train_x), len(half_b.train_x)]},
-            "_seeds": {"model_a": 0, "model_b": 1, "all_data": 2, "split": 0}}
+    return ExperimentResult(
+        results={"curves": {"naive": naive.to_json()["curve"],
+                            "weight": merged.to_json()["curve"]},
+                 "summary": {"midpoint_beats_both_inputs_on_test_loss": beats,
+                             "ensemble": {"test_loss": ensemble[0], "test_acc": ensemble[1]},
+                             "all_data": {"test_loss": all_data[0], "test_acc": all_data[1]}}},
+        table=table(["model", "test loss (all classes)", "test accuracy"],
+                    [[r[0], round(r[1], 4), round(r[2], 4)] for r in rows]),
+        plots=["split_merge.png"],
+        setup={"model": MODEL, "dataset": data.name, "epochs": sizes.epochs,
+               "train_examples": [len(half_a.train_x), len(half_b.train_x)]},
+        seeds={"model_a": 0, "model_b": 1, "all_data": 2, "split": 0})

@@ -100,9 +100,6 @@ class AxisAlgebra:
             return [t]
         return [leaf for p in t.parts for leaf in self.leaves(p)]
 
-    def is_fixed(self, a: int) -> bool:
-        return self.find(a) in self.fixed
-
     # ------------------------------------------------------------------ constraints
     def fix(self, t: Term, reason: str) -> None:
         for leaf in self.leaves(t):

@@ -13,6 +13,7 @@ from torch.fx import Node
 from ..errors import SpecError
 from ..spec import Member, PermutationSpec
 from .axes import AxisAlgebra, Cat, InferenceError, Term
+from .context import Context
 from .rules import IGNORED, RULES
 
 
@@ -53,80 +54,13 @@ def bind(node: Node) -> dict[str, Any]:
     return bound
 
 
-def _shape(value: Any) -> list[int] | None:
-    if isinstance(value, torch.Tensor):
-        return [int(s) for s in value.shape]
-    return None
-
-
-class Context:
-    """What a rule sees: the axis algebra, the axes of every value, the node being processed."""
-
-    def __init__(self) -> None:
-        self.alg = AxisAlgebra()
-        self.values: dict[Node, Any] = {}  # node -> [terms] or [[terms] | None, ...]
-        self.node: Node | None = None
-        self.op = ""
-
-    # values
-    def fresh(self, shape: list[int]) -> list[Term]:
-        return [self.alg.atom(s) for s in shape]
-
-    def terms(self, arg: Any) -> list[Term] | None:
-        if not isinstance(arg, Node):
-            return None
-        value = self.values.get(arg)
-        if value is None or (value and isinstance(value[0], list | type(None))):
-            return None
-        return value
-
-    def _vals(self) -> list[Any]:
-        val = self.node.meta.get("val")
-        return list(val) if isinstance(val, list | tuple) else [val]
-
-    def all_outputs(self) -> list[list[Term]]:
-        if self.node not in self.values:
-            val = self.node.meta.get("val")
-            if isinstance(val, list | tuple):
-                self.values[self.node] = [self.fresh(_shape(v)) if _shape(v) is not None
-                                          else None for v in val]
-            else:
-                self.values[self.node] = self.fresh(_shape(val) or [])
-        value = self.values[self.node]
-        if value and isinstance(value[0], list | type(None)):
-            return [v for v in value if v is not None]
-        return [value]
-
-    def output(self) -> list[Term]:
-        return self.all_outputs()[0]
-
-    def extra_outputs(self) -> list[list[Term]]:
-        return self.all_outputs()[1:]
-
-    def set_output(self, terms: Any) -> None:
-        self.values[self.node] = list(terms) if terms is not None else None
-
-    def item(self, arg: Node, index: int) -> Any:
-        value = self.values.get(arg)
-        if value is None:
-            return None
-        return value[index]
-
-    # constraints
-    def unify(self, a: Term, b: Term) -> None:
-        self.alg.unify(a, b)
-
-    def fix(self, t: Term, reason: str) -> None:
-        self.alg.fix(t, reason)
-
-
 def _structured_leaves(alg: AxisAlgebra, term: Term, offset: int, outer: int, stride: int,
-                       inner: int, block: bool, out: list) -> None:
+                       inner: int, partial: bool, out: list) -> None:
     """Leaves of an axis term with their place: index = offset + o*stride + p*inner + j."""
     t = alg.normalize(term)
     if isinstance(t, int):
         size = alg.size(t)
-        out.append((t, offset, outer, inner, block, outer == 1 or stride == size * inner))
+        out.append((t, offset, outer, inner, partial, outer == 1 or stride == size * inner))
         return
     if isinstance(t, Cat):
         position = 0
@@ -140,14 +74,15 @@ def _structured_leaves(alg: AxisAlgebra, term: Term, offset: int, outer: int, st
         before, after = math.prod(sizes[:i]), math.prod(sizes[i + 1:])
         part_stride = sizes[i] * after * inner
         if before == 1:
-            _structured_leaves(alg, part, offset, outer, stride, after * inner, block, out)
+            _structured_leaves(alg, part, offset, outer, stride, after * inner, partial, out)
         elif outer == 1:
-            _structured_leaves(alg, part, offset, before, part_stride, after * inner, block, out)
+            _structured_leaves(alg, part, offset, before, part_stride, after * inner, partial,
+                               out)
         elif stride == before * part_stride:
             _structured_leaves(alg, part, offset, outer * before, part_stride, after * inner,
-                               block, out)
+                               partial, out)
         else:
-            out.extend((leaf, 0, 0, 0, block, False) for leaf in alg.leaves(part))
+            out.extend((leaf, 0, 0, 0, partial, False) for leaf in alg.leaves(part))
 
 
 def export_graph(model: nn.Module, args: tuple, kwargs: dict[str, Any]):
@@ -240,12 +175,12 @@ def _build_spec(ctx: Context, placeholder_keys: dict[Node, list[str]],
     fixed: dict[str, str] = {}
     for key, axis, leaves in placed:
         free = False
-        for root, offset, outer, inner, block, _ in leaves:
+        for root, offset, outer, inner, partial, _ in leaves:
             root = alg.find(root)
             if alg.size(root) <= 1 or root in alg.fixed:
                 continue
             free = True
-            groups.setdefault(root, []).append(Member(key, axis, offset, outer, inner, block))
+            groups.setdefault(root, []).append(Member(key, axis, offset, outer, inner, partial))
         if not free and state[key].shape[axis] > 1:
             reasons = [alg.fixed.get(alg.find(leaf[0])) for leaf in leaves]
             fixed[f"{key}:{axis}"] = next((r for r in reasons if r), "size-1 units")
@@ -286,6 +221,6 @@ def infer_spec(model: nn.Module, example_inputs: Any, *,
             module.training = training
     spec.validate(model.state_dict())
     if check:
-        from ..spec import check_spec
+        from ..permutation import check_spec
         check_spec(model, spec, example_inputs, example_kwargs=kwargs, atol=1e-4, rtol=1e-3)
     return spec

@@ -1,12 +1,20 @@
 """Matching methods: each finds a permutation of model B onto model A.
 
-Every method has the signature ``fn(spec, state_a, state_b, *, model, data, seed, device,
-**options)`` and returns a :class:`MatchResult`; look them up by name with :func:`get_method`.
+Every module of this package that calls :func:`register` adds a method to :data:`METHODS`
+(importing the package imports them all); look one up by name with :func:`get_method` and call
+it through :meth:`Method.run`. See :mod:`permalign.match.base` for the common signature.
 """
-from .activation import activation_matching
-from .base import METHODS, MatchResult, get_method, register
-from .ste import ste_matching
-from .weight import weight_matching
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "MatchResult", "get_method", "register", "weight_matching",
-           "activation_matching", "ste_matching"]
+from .base import METHODS, MatchResult, Method, Option, get_method, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from .activation import activation_matching  # noqa: E402
+from .ste import ste_matching  # noqa: E402
+from .weight import weight_matching  # noqa: E402
+
+__all__ = ["METHODS", "MatchResult", "Method", "Option", "get_method", "register",
+           "weight_matching", "activation_matching", "ste_matching"]

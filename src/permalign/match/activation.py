@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 from .. import lap
 from ..data import Dataset, batches
 from ..errors import PermalignError
-from ..sites import consumer_sites, feature_dim, record_inputs, unit_samples
-from ..spec import PermutationSpec, apply_permutation
+from ..sites import consumer_sites, feature_dim, record_inputs
+from ..permutation import apply_permutation, unit_view
+from ..spec import PermutationSpec
 from ..stats import CrossMoments
-from .base import MatchResult, register
-from .weight import default_similarity_key, unit_rows
+from .base import MatchResult, Option, register, solver_option
+from .weight import default_similarity_key
 
 # Dead units (constant activations) correlate with nothing; the cosine similarity of their
 # incoming weights, at this tiny weight, decides between them without disturbing live units.
@@ -39,8 +40,8 @@ def incoming_weight_cosine(spec: PermutationSpec, group: str, state_a, state_b
                if m.axis == 0 and default_similarity_key(m.key)]
     if not members:
         return torch.zeros(size, size, dtype=torch.float64)
-    rows_a = torch.cat([unit_rows(state_a[m.key].double().cpu(), m, size) for m in members], 1)
-    rows_b = torch.cat([unit_rows(state_b[m.key].double().cpu(), m, size) for m in members], 1)
+    rows_a = torch.cat([unit_view(state_a[m.key].double().cpu(), m, size) for m in members], 1)
+    rows_b = torch.cat([unit_view(state_b[m.key].double().cpu(), m, size) for m in members], 1)
     rows_a = rows_a / rows_a.norm(dim=1, keepdim=True).clamp_min(1e-12)
     rows_b = rows_b / rows_b.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return rows_a @ rows_b.T
@@ -76,8 +77,9 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
                 act_a = acts_a.pop(_name)
                 for group, member in by_module[_name]:
                     size = spec.groups[group].size
-                    moments[group].update(unit_samples(act_a, member, size, _dim),
-                                          unit_samples(args[0], member, size, _dim))
+                    # every non-feature position is a sample: (samples, size) each
+                    moments[group].update(unit_view(act_a, member, size, _dim).T,
+                                          unit_view(args[0], member, size, _dim).T)
             handles.append(model_b.get_submodule(name).register_forward_pre_hook(hook))
         try:
             for xb, _ in tqdm(list(batches(x, x, batch_size)),
@@ -92,13 +94,19 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
     return moments
 
 
-@register("activation")
+@register("activation", needs_data=True, options=[
+    Option("cost", str, "correlation", "similarity of activations",
+           choices=("correlation", "cross_moment")),
+    Option("num_examples", int, None, "training examples for the statistics",
+           minimum=1),
+    Option("batch_size", int, 256, "examples per forward pass", minimum=1),
+    solver_option()])
 def activation_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                         state_b: Mapping[str, torch.Tensor], *, model: nn.Module | None = None,
                         data: Dataset | None = None, cost: str = "correlation",
                         num_examples: int | None = None, batch_size: int = 256,
                         device: torch.device | str = "cpu", solver: str = "scipy",
-                        progress: bool = False, seed: int = 0, **_: object) -> MatchResult:
+                        progress: bool = False) -> MatchResult:
     """Permutation of B's units maximising the correlation (or cross-moment) of activations.
 
     ``data.train_x`` (or its first ``num_examples`` rows) is the input; ``model`` gives the

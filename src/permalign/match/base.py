@@ -1,14 +1,25 @@
-"""What every matching method returns, and the registry the CLI looks methods up in."""
+"""What every matching method returns, and the registry the CLI and experiments read.
+
+A method is a function ``fn(spec, state_a, state_b, *, <common>, <options>) -> MatchResult``.
+``<common>`` are any of ``model``, ``data``, ``seed``, ``device``, ``progress`` (the registry
+passes only those the function takes). ``<options>`` are declared at registration as
+:class:`Option` objects — name, type, default, help — and must be keyword parameters of the
+function with the same defaults; the CLI builds ``permalign align``'s flags from them. Adding a
+method means adding one module to this package that calls :func:`register`.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..errors import PermalignError
-from ..spec import Permutation, perm_to_json
+from ..permutation import perm_to_json
+from ..spec import Permutation, PermutationSpec
+
+COMMON_ARGS = ("model", "data", "seed", "device", "progress")
 
 
 @dataclass
@@ -27,28 +38,127 @@ class MatchResult:
                 "converged": self.converged, "timings": self.timings, "info": self.info}
 
 
-# A method: (spec, state_a, state_b, *, model, data, seed, device, **options) -> MatchResult
-MatchMethod = Callable[..., MatchResult]
-METHODS: dict[str, MatchMethod] = {}
+@dataclass(frozen=True)
+class Option:
+    """A user-settable option of a matching method (becomes ``--name`` on ``permalign align``).
+
+    ``minimum`` (inclusive) and ``below`` (exclusive upper bound) are checked for numbers, which
+    must also be finite; ``choices`` restricts strings.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    below: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any, method: str) -> Any:
+        """``value`` converted to the option's type, or a PermalignError saying what is wrong."""
+        if value is None and self.default is None:
+            return None
+        what = f"{self.flag} ({method} matching)"
+        try:
+            value = self.type(value)
+        except (TypeError, ValueError):
+            raise PermalignError(f"{what} must be {self.type.__name__}, got {value!r}") from None
+        if self.type in (int, float):
+            if not math.isfinite(value):
+                raise PermalignError(f"{what} must be a finite number, got {value}")
+            if self.minimum is not None and value < self.minimum:
+                raise PermalignError(f"{what} must be >= {self.minimum:g}, got {value:g}")
+            if self.below is not None and value >= self.below:
+                raise PermalignError(f"{what} must be < {self.below:g}, got {value:g}")
+        if self.choices is not None and value not in self.choices:
+            raise PermalignError(f"{what} must be one of {', '.join(self.choices)}, "
+                                 f"got {value!r}")
+        return value
 
 
-def register(name: str) -> Callable[[MatchMethod], MatchMethod]:
-    """Decorator adding a matching method to the registry under ``name``."""
-    def wrap(fn: MatchMethod) -> MatchMethod:
-        METHODS[name] = fn
+MatchFunction = Callable[..., MatchResult]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered matching method: its function, options and whether it needs data."""
+
+    name: str
+    function: MatchFunction
+    options: tuple[Option, ...]
+    needs_data: bool
+    summary: str
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Options converted and range-checked; an unknown name is an error naming the valid."""
+        checked = {}
+        for name, value in options.items():
+            option = self.option(name)
+            if option is None:
+                valid = ", ".join(o.name for o in self.options) or "none"
+                raise PermalignError(f"{self.name} matching has no option {name!r} "
+                                     f"(its options: {valid})")
+            checked[name] = option.check(value, self.name)
+        return checked
+
+    def run(self, spec: PermutationSpec, state_a: Mapping[str, Any],
+            state_b: Mapping[str, Any], **kwargs: Any) -> MatchResult:
+        """Call the method with the common arguments it takes and its checked options.
+
+        ``kwargs`` may hold any of :data:`COMMON_ARGS` and the method's declared options.
+        """
+        common = {k: kwargs.pop(k) for k in COMMON_ARGS if k in kwargs}
+        options = self.check_options(kwargs)
+        if self.needs_data and (common.get("model") is None or common.get("data") is None):
+            raise PermalignError(f"{self.name} matching needs the model and training data "
+                                 "(pass --dataset)")
+        accepted = inspect.signature(self.function).parameters
+        common = {k: v for k, v in common.items() if k in accepted}
+        return self.function(spec, state_a, state_b, **common, **options)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, options: Sequence[Option] = (), needs_data: bool = False,
+             summary: str = "") -> Callable[[MatchFunction], MatchFunction]:
+    """Decorator adding a matching method to the registry under ``name``.
+
+    Each option must be a keyword parameter of the function with the same default (checked
+    here, so the declaration and the function cannot drift apart).
+    """
+    def wrap(fn: MatchFunction) -> MatchFunction:
+        params = inspect.signature(fn).parameters
+        for option in options:
+            param = params.get(option.name)
+            if param is None or param.kind is not inspect.Parameter.KEYWORD_ONLY:
+                raise TypeError(f"method {name!r}: option {option.name!r} is not a keyword-only "
+                                f"parameter of {fn.__name__}")
+            if param.default != option.default:
+                raise TypeError(f"method {name!r}: option {option.name!r} declares default "
+                                f"{option.default!r} but {fn.__name__} has {param.default!r}")
+        METHODS[name] = Method(name, fn, tuple(options), needs_data,
+                               summary or (inspect.getdoc(fn) or "").split("\n")[0])
         return fn
     return wrap
 
 
-def get_method(name: str) -> MatchMethod:
+def get_method(name: str) -> Method:
+    """The registered method called ``name``."""
     if name not in METHODS:
         raise PermalignError(f"unknown matching method {name!r}; use one of "
                              f"{', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
-def float_state(state: dict[str, torch.Tensor], device: torch.device | str | None,
-                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Floating-point tensors of a state dict, moved to ``device`` in ``dtype``."""
-    return {k: v.detach().to(device=device, dtype=dtype) for k, v in state.items()
-            if v.is_floating_point()}
+def solver_option() -> Option:
+    """The assignment-solver option most methods share."""
+    from ..lap import SOLVERS
+    return Option("solver", str, "scipy", "linear-assignment solver", choices=tuple(SOLVERS))

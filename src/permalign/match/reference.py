@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from .. import lap
-from ..spec import Member, PermutationSpec, identity_permutation, member_index
+from ..permutation import identity_permutation, member_index, unit_view
+from ..spec import Member, PermutationSpec
 from .base import MatchResult
-from .weight import default_similarity_key, unit_rows
+from .weight import default_similarity_key
 
 
 def _permuted_except(spec: PermutationSpec, perm, key: str, tensor: torch.Tensor,
@@ -50,7 +51,7 @@ def weight_matching_reference(spec: PermutationSpec, state_a: Mapping[str, torch
                 if not default_similarity_key(m.key):
                     continue
                 w_b = _permuted_except(spec, perm, m.key, b[m.key], (name, m))
-                sim += unit_rows(a[m.key], m, size) @ unit_rows(w_b, m, size).T
+                sim += unit_view(a[m.key], m, size) @ unit_view(w_b, m, size).T
             sim_np = sim.double().numpy()
             new = lap.solve(sim_np, solver)
             rows = np.arange(size)

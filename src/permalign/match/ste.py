@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, batches
 from ..errors import PermalignError
-from ..spec import PermutationSpec, apply_permutation
-from .base import MatchResult, register
+from ..permutation import apply_permutation
+from ..spec import PermutationSpec
+from .base import MatchResult, Option, register
 from .weight import weight_matching
 
 
@@ -37,13 +38,18 @@ def _midpoint_loss(model: nn.Module, state_a, permuted_b, free, x, y) -> torch.T
     return F.cross_entropy(functional_call(model, params, (x,)), y)
 
 
-@register("ste")
+@register("ste", needs_data=True, options=[
+    Option("epochs", int, 1, "passes over the training data", minimum=1),
+    Option("lr", float, 0.3, "SGD learning rate", minimum=0.0),
+    Option("momentum", float, 0.9, "SGD momentum", minimum=0.0, below=1.0),
+    Option("batch_size", int, 128, "minibatch size", minimum=1),
+    Option("eval_examples", int, 2000, "training examples scoring each permutation", minimum=1)])
 def ste_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                  state_b: Mapping[str, torch.Tensor], *, model: nn.Module | None = None,
                  data: Dataset | None = None, epochs: int = 1, lr: float = 0.3,
                  momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
                  device: torch.device | str = "cpu", eval_examples: int = 2000,
-                 progress: bool = False, **_: object) -> MatchResult:
+                 progress: bool = False) -> MatchResult:
     """Permutation of B's units that minimises the loss of the midpoint (paper Algorithm 2)."""
     if model is None or data is None:
         raise PermalignError("STE matching needs the model and training data (pass --dataset)")

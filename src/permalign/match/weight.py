@@ -16,9 +16,11 @@ import torch
 
 from .. import lap
 from ..errors import SpecError
-from ..spec import (Member, Permutation, PermutationSpec, identity_permutation, member_index,
-                    random_permutation)
-from .base import MatchResult, float_state, register
+from ..permutation import (apply_permutation, identity_permutation, member_index,
+                           random_permutation, unit_view)
+from ..spec import Permutation, PermutationSpec
+from ..statedict import float_state
+from .base import MatchResult, Option, register, solver_option
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -27,15 +29,6 @@ def default_similarity_key(key: str) -> bool:
     """Parameters count in the objective; BatchNorm running statistics do not."""
     return not key.endswith(BUFFER_SUFFIXES)
 
-
-def unit_rows(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor:
-    """View ``tensor`` as ``(size, rest)``: one row per unit of the member's group."""
-    t = tensor.movedim(member.axis, 0)  # (L, *rest)
-    if member.is_plain:
-        return t.reshape(size, -1)
-    block = t[member.offset:member.offset + member.span(size)]
-    block = block.reshape(member.outer, size, member.inner, *t.shape[1:])
-    return block.movedim(1, 0).reshape(size, -1)
 
 
 class _Matcher:
@@ -53,10 +46,9 @@ class _Matcher:
                                         if b else None) for n, p in perm.items()}
         self.members = {n: [m for m in g.members if m.key in keys] for n, g in spec.groups.items()}
         # B with every group's current permutation applied, on every axis
-        from ..spec import apply_permutation
         self.b_cur = apply_permutation(spec.restricted(keys), self.perm, b)
         # A's rows never change: build them once
-        self.a_rows = {(n, i): unit_rows(self.a[m.key], m, spec.groups[n].size)
+        self.a_rows = {(n, i): unit_view(self.a[m.key], m, spec.groups[n].size)
                        for n in spec.groups for i, m in enumerate(self.members[n])}
         self.time_similarity = 0.0
         self.time_solver = 0.0
@@ -70,7 +62,7 @@ class _Matcher:
             return np.zeros((size, size))
         m_cur = None
         for i, m in enumerate(members):
-            prod = self.a_rows[(name, i)] @ unit_rows(self.b_cur[m.key], m, size).T  # (n, n)
+            prod = self.a_rows[(name, i)] @ unit_view(self.b_cur[m.key], m, size).T  # (n, n)
             m_cur = prod if m_cur is None else m_cur + prod
         # column k of m_cur is B's unit perm[k]: put it back in B's original order
         sim = torch.empty_like(m_cur)
@@ -101,12 +93,16 @@ class _Matcher:
                          for k in self.a))
 
 
-@register("weight")
+@register("weight", options=[
+    Option("max_iter", int, 100, "most coordinate-descent sweeps", minimum=1),
+    Option("restarts", int, 0, "extra runs from random starting permutations (best kept)",
+           minimum=0),
+    solver_option()])
 def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     state_b: Mapping[str, torch.Tensor], *, seed: int = 0, max_iter: int = 100,
                     init: Permutation | None = None, device: torch.device | str | None = None,
                     solver: str = "scipy", similarity_keys: Callable[[str], bool] | None = None,
-                    restarts: int = 0, **_: object) -> MatchResult:
+                    restarts: int = 0) -> MatchResult:
     """Permutation of B's units that maximises sum <W_A, pi(W_B)> (paper Algorithm 1).
 
     Groups are visited in a fresh random order each sweep (seeded by ``seed``); the loop stops
@@ -169,7 +165,6 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
 def matching_objective(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                        state_b: Mapping[str, torch.Tensor], perm: Permutation) -> float:
     """The weight-matching objective sum <W_A, pi(W_B)> of a given permutation."""
-    from ..spec import apply_permutation
     keys = {m.key for g in spec.groups.values() for m in g.members
             if default_similarity_key(m.key)}
     permuted = apply_permutation(spec.restricted(keys), perm, {k: state_b[k] for k in keys})

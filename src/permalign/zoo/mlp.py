@@ -17,7 +17,6 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, *, depth: int = 3,
                  width: int = 512, norm: str = "none") -> None:
         super().__init__()
-        self.norm_kind = norm
         sizes = [in_features] + [width] * depth
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.norms = nn.ModuleList(make_norm(norm, width, spatial=False) for _ in range(depth))

@@ -43,7 +43,6 @@ class ResNet20(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, width: int = 1,
                  norm: str = "ln", blocks_per_stage: int = 3) -> None:
         super().__init__()
-        self.norm_kind = norm
         widths = [16 * width, 32 * width, 64 * width]
         self.stem = _conv3x3(input_shape[0], widths[0], 1, norm)
         self.stem_norm = make_norm(norm, widths[0], spatial=True)

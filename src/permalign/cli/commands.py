@@ -1,0 +1,232 @@
+"""The ``permalign`` sub-commands: each resolves its inputs once and calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import zoo
+from ..data import canonical_name, load_dataset
+from ..errors import PermalignError
+from ..evaluate import evaluate
+from ..interpolation import interpolation_curve
+from ..io import atomic_write_text, check_writable, save_state_dict
+from ..match import METHODS, get_method
+from ..merge import merge_many
+from ..models import resolve_model
+from ..provenance import provenance
+from ..statedict import has_batchnorm
+from ..train import DEFAULT_EPOCHS, TrainConfig, train_model
+from ..workflow import align, align_and_compare, train_from_seed
+from .inputs import parse_device, resolve_inputs
+
+
+def _write_json(path: str | Path, obj: Any, *, force: bool) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False), force=force)
+
+
+def _barrier_table(rows: dict[str, dict[str, float]]) -> str:
+    header = f"{'method':<12}{'train loss':>12}{'test loss':>12}{'train err':>12}{'test err':>12}"
+    lines = ["barriers (loss, and accuracy error as a fraction):", header]
+    for name, b in rows.items():
+        lines.append(f"{name:<12}{b['train_loss']:>12.4f}{b['test_loss']:>12.4f}"
+                     f"{b['train_acc']:>12.4f}{b['test_acc']:>12.4f}")
+    return "\n".join(lines)
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The matching options given on the command line; each must belong to ``--method``."""
+    method = get_method(args.method)
+    given = {k[len("method_"):]: v for k, v in vars(args).items() if k.startswith("method_")}
+    for name in given:
+        if method.option(name) is None:
+            users = [m.name for m in METHODS.values() if m.option(name) is not None]
+            raise PermalignError(f"--{name.replace('_', '-')} is an option of "
+                                 f"{' and '.join(users)} matching, not of {args.method}")
+    return method.check_options(given)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.time()
+    device = parse_device(args.device)
+    zoo.parse_model_string(args.model)
+    data = load_dataset(args.dataset, args.data_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path, plot_path = out / "results.json", out / "interpolation.png"
+    for path in (results_path, plot_path):
+        check_writable(path, force=args.force)
+    if args.train_subset:
+        data = data.subset(train=args.train_subset)
+    epochs = args.epochs or DEFAULT_EPOCHS[canonical_name(args.dataset)]
+    states = []
+    for seed in (args.seed_a, args.seed_b):
+        print(f"training {args.model} on {data.name} from seed {seed} ({epochs} epochs)",
+              flush=True)
+        states.append(train_from_seed(args.model, data, TrainConfig(epochs=epochs, seed=seed),
+                                      device=device, progress=not args.quiet))
+    model, spec = resolve_model(args.model, data.input_shape, data.num_classes)
+    print("aligning B to A with weight matching and measuring the interpolation curves",
+          flush=True)
+    comparison = align_and_compare(model, spec, states[0], states[1], data, ["weight"],
+                                   seed=args.seed, points=args.points, device=device,
+                                   progress=not args.quiet)
+    print(_barrier_table(comparison.barriers()))
+    results = {
+        "methods": {name: c.to_json() for name, c in comparison.curves.items()},
+        "match": {name: {k: v for k, v in m.to_json().items() if k != "perm"}
+                  for name, m in comparison.matches.items()},
+        "provenance": provenance(seeds={"model_a": args.seed_a, "model_b": args.seed_b,
+                                        "matching": args.seed}, device=device, started=started,
+                                 extra={"model": args.model, "dataset": data.name,
+                                        "epochs": epochs,
+                                        "train_size": len(data.train_x),
+                                        "test_size": len(data.test_x)}),
+    }
+    from ..plot import plot_curves
+    plot_curves(comparison.curves, plot_path, force=args.force,
+                title=f"{args.model} on {data.name}: naive vs weight-matched")
+    _write_json(results_path, results, force=args.force)
+    print(f"wrote {results_path} and {plot_path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    check_writable(args.out, force=args.force)
+    inputs = resolve_inputs(args, need_data=True, need_spec=False, model_seed=args.seed)
+    data, model = inputs.data, inputs.model
+    if args.train_subset:
+        data = data.subset(train=args.train_subset)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[canonical_name(
+        args.dataset)]
+    cfg = TrainConfig(epochs=epochs, seed=args.seed, lr=args.lr, optimizer=args.optimizer,
+                      batch_size=args.batch_size)
+    train_model(model, data, cfg, device=inputs.device, progress=not args.quiet)
+    loss, acc = evaluate(model, data.test_x.to(inputs.device), data.test_y.to(inputs.device))
+    save_state_dict(model.state_dict(), args.out, force=args.force)
+    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}; wrote {args.out}")
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    started = time.time()
+    check_writable(args.out, force=args.force)
+    if args.perm_out:
+        check_writable(args.perm_out, force=args.force)
+    options = _method_options(args)
+    inputs = resolve_inputs(args, checkpoints=[args.a, args.b],
+                            need_data=get_method(args.method).needs_data)
+    state_a, state_b = inputs.states
+    aligned, result = align(args.method, inputs.spec, inputs.model, state_a, state_b,
+                            data=inputs.data, seed=args.seed, device=inputs.device,
+                            progress=not args.quiet, **options)
+    save_state_dict(aligned, args.out, force=args.force)
+    if args.perm_out:
+        record = result.to_json()
+        record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
+                                          started=started)
+        _write_json(args.perm_out, record, force=args.force)
+    print(f"{args.method} matching: {len(result.history)} steps, objective "
+          f"{result.history[-1] if result.history else float('nan'):.6g}; wrote {args.out}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    started = time.time()
+    for path in (args.out, args.plot):
+        if path:
+            check_writable(path, force=args.force)
+    if args.points < 2:
+        raise PermalignError("--points must be at least 2")
+    inputs = resolve_inputs(args, checkpoints=[args.a, args.b], need_data=True,
+                            need_spec=args.repair)
+    data = inputs.data
+    if args.eval_subset:
+        data = data.subset(train=args.eval_subset, test=args.eval_subset)
+    curve = interpolation_curve(inputs.model, *inputs.states, data, points=args.points,
+                                bn_reset=args.bn_reset, repair=args.repair, spec=inputs.spec,
+                                device=inputs.device, progress=not args.quiet)
+    print(_barrier_table({"A-B": curve.barriers()}))
+    record = curve.to_json()
+    record["provenance"] = provenance(seeds={}, device=inputs.device, started=started,
+                                      extra={"a": str(args.a), "b": str(args.b),
+                                             "model": args.model, "dataset": data.name})
+    if args.plot:
+        from ..plot import plot_curves
+        plot_curves({"A-B": curve}, args.plot, force=args.force)
+    if args.out:
+        _write_json(args.out, record, force=args.force)
+    return 0
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable(args.out, force=args.force)
+    inputs = resolve_inputs(args)
+    print(inputs.spec.describe())
+    if args.out:
+        atomic_write_text(args.out, json.dumps(inputs.spec.to_json(), indent=1),
+                          force=args.force)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    check_writable(args.out, force=args.force)
+    if len(args.checkpoints) < 2:
+        raise PermalignError("merge needs at least two checkpoints")
+    inputs = resolve_inputs(args, checkpoints=args.checkpoints,
+                            need_data=lambda model: has_batchnorm(model) and not args.no_bn_reset)
+    result = merge_many(inputs.spec, inputs.states, seed=args.seed, device=inputs.device,
+                        model=inputs.model, bn_reset=not args.no_bn_reset,
+                        bn_data=inputs.data.train_x if inputs.data is not None else None)
+    save_state_dict(result.merged, args.out, force=args.force)
+    print(f"merged {len(inputs.states)} models in {result.rounds} rounds "
+          f"({'converged' if result.converged else 'not converged'}"
+          f"{', BatchNorm statistics re-estimated' if result.bn_reset else ''}); "
+          f"wrote {args.out}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from ..experiments import REGISTRY, ExperimentConfig, run_experiment
+    names = list(REGISTRY) if args.name == "all" else [args.name]
+    if args.name != "all" and args.name not in REGISTRY:
+        raise PermalignError(f"unknown experiment {args.name!r}; use one of "
+                             f"{', '.join(REGISTRY)} or all")
+    if args.seeds is not None and args.seeds < 1:
+        raise PermalignError("--seeds must be >= 1")
+    device = parse_device(args.device)
+    root = Path(args.out or ("results" if args.scale == "full" else f"results-{args.scale}"))
+    for name in names:
+        out = root / name if args.name == "all" or args.out is None else root
+        print(f"== experiment {name} -> {out}", flush=True)
+        cfg = ExperimentConfig(out=out, scale=args.scale, dataset=args.dataset,
+                               data_dir=args.data_dir, seeds=args.seeds, device=device,
+                               progress=not args.quiet, force=args.force)
+        path = run_experiment(name, cfg)
+        record = json.loads(path.read_text())
+        tbl = record.get("table")
+        if tbl:
+            print(" | ".join(tbl["columns"]))
+            for row in tbl["rows"]:
+                print(" | ".join(str(c) for c in row))
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import render_report
+    out = Path(args.out)
+    check_writable(out, force=args.force)
+    text = render_report([Path(d) for d in args.dirs], out)
+    atomic_write_text(out, text, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "align": cmd_align,
+            "interpolate": cmd_interpolate, "merge": cmd_merge, "experiment": cmd_experiment,
+            "report": cmd_report, "spec": cmd_spec}

@@ -1,0 +1,204 @@
+"""The ``permalign`` argument parser: one sub-command per task, every option documented."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from ..interpolation import DEFAULT_POINTS
+from ..match import METHODS
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, unless it has none (None, off) or the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default is argparse.SUPPRESS
+                or action.option_strings == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2, defaults in --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ------------------------------------------------------------------ value types
+def input_shape(text: str) -> tuple[int, ...]:
+    """``1,28,28`` (or ``1x28x28``) as a tuple of positive integers."""
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must be integers like 1,28,28"
+                                         ) from None
+    if not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must be positive integers")
+    return shape
+
+
+# ------------------------------------------------------------------ shared options
+def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
+    p.add_argument("--model", required=True,
+                   help="zoo model string (mlp:depth=3,width=512, resnet20:width=4,norm=ln, ...) "
+                   "or your own factory as package.module:function (spec inferred)")
+    p.add_argument("--infer", action="store_true",
+                   help="infer the spec from the model graph even for zoo models")
+    if spec:
+        p.add_argument("--spec", help="permutation spec JSON to use instead of the model's "
+                       "own (checked against the model's outputs first)")
+        p.add_argument("--no-spec-check", action="store_true",
+                       help="use --spec without checking that it preserves the outputs")
+    add_data_args(p)
+    p.add_argument("--input-shape", type=input_shape, help="model input shape, e.g. 1,28,28 "
+                   "(default: the data set's)")
+    p.add_argument("--num-classes", type=int,
+                   help="number of classes (default: the data set's)")
+    add_device_arg(p)
+
+
+def add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    p.add_argument("--dataset", default=default,
+                   help="digits (bundled), fashion-mnist, mnist, cifar10 or cifar100")
+    p.add_argument("--data-dir", help="folder holding the data set's files (default: "
+                   "$PERMALIGN_DATA/<name>, then /usr/share/datasets/<name>)")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if available)")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """``--method`` and every registered method's options (each flag says which methods use it)."""
+    p.add_argument("--method", default="weight", choices=sorted(METHODS),
+                   help="; ".join(f"{m.name}: {m.summary.rstrip('.')}" for m in METHODS.values()))
+    group = p.add_argument_group("matching options (each used only by the methods named)")
+    seen: dict[str, list[str]] = {}
+    kinds: dict[str, type] = {}
+    for method in METHODS.values():
+        for option in method.options:
+            default = "all" if option.default is None else option.default
+            seen.setdefault(option.name, []).append(
+                f"{method.name}: {option.help} (default {default})")
+            kinds[option.name] = option.type
+    for name, helps in seen.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=f"method_{name}", type=kinds[name],
+                           metavar=name.upper(), default=argparse.SUPPRESS,
+                           help="; ".join(helps))
+
+
+# ------------------------------------------------------------------ the parser
+def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
+    """The full parser; ``commands`` maps sub-command names to their functions."""
+    from .. import __version__
+    parser = Parser(prog="permalign", description="Align and merge neural networks modulo "
+                    "permutation symmetries (Git Re-Basin).")
+    parser.add_argument("--version", action="version", version=f"permalign {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("demo", help="train two MLPs, align them, show the barriers")
+    add_data_args(p)
+    p.add_argument("--model", default="mlp:depth=3,width=512",
+                   help="zoo model string to train twice and align")
+    p.add_argument("--out", default="permalign-demo",
+                   help="output folder for results.json and interpolation.png")
+    p.add_argument("--epochs", type=int, help="training epochs (default: per data set)")
+    p.add_argument("--train-subset", type=int, help="train on this many examples (default all)")
+    p.add_argument("--points", type=int, default=DEFAULT_POINTS,
+                   help="points on each interpolation curve")
+    p.add_argument("--seed-a", type=int, default=0, help="seed of model A")
+    p.add_argument("--seed-b", type=int, default=1, help="seed of model B")
+    p.add_argument("--seed", type=int, default=0, help="seed of the matching")
+    add_device_arg(p)
+    add_output_args(p)
+
+    p = sub.add_parser("train", help="train a model from a seed and save its state dict")
+    add_model_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batches")
+    p.add_argument("--epochs", type=int, help="training epochs (default: per data set)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
+    p.add_argument("--batch-size", type=int, default=128, help="minibatch size")
+    p.add_argument("--train-subset", type=int, help="train on this many examples (default all)")
+    p.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors)")
+    add_output_args(p)
+
+    p = sub.add_parser("align", help="permute checkpoint B to line up with checkpoint A")
+    p.add_argument("a", help="checkpoint of model A (the reference; .pt or .safetensors)")
+    p.add_argument("b", help="checkpoint of model B (the one permuted)")
+    add_model_args(p, spec=True)
+    add_method_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the matching")
+    p.add_argument("--out", required=True, help="aligned B checkpoint to write")
+    p.add_argument("--perm-out", help="also write the permutation and its history as JSON")
+    add_output_args(p)
+
+    p = sub.add_parser("interpolate", help="loss/accuracy along the line from A to B")
+    p.add_argument("a", help="checkpoint of model A (λ = 0)")
+    p.add_argument("b", help="checkpoint of model B (λ = 1), usually aligned to A first")
+    add_model_args(p)
+    p.add_argument("--points", type=int, default=DEFAULT_POINTS,
+                   help="evenly spaced λ values from 0 to 1, both included")
+    p.add_argument("--eval-subset", type=int,
+                   help="evaluate on this many examples per split (default all)")
+    p.add_argument("--bn-reset", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-estimate BatchNorm statistics at every point (default: on for BN "
+                   "models)")
+    p.add_argument("--repair", action="store_true", help="apply REPAIR at interior points")
+    p.add_argument("--out", help="curve JSON to write")
+    p.add_argument("--plot", help="curve PNG to write")
+    add_output_args(p)
+
+    p = sub.add_parser("merge", help="merge two or more checkpoints (MergeMany)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to merge")
+    add_model_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the merge's visiting order")
+    p.add_argument("--no-bn-reset", action="store_true",
+                   help="skip re-estimating BatchNorm statistics of the merged model")
+    p.add_argument("--out", required=True, help="merged checkpoint to write")
+    add_output_args(p)
+
+    from ..experiments import REGISTRY, SCALES
+    p = sub.add_parser("experiment", help="run one of the paper's experiments (or all)")
+    p.add_argument("name", help=f"{', '.join(REGISTRY)}, or all")
+    p.add_argument("--scale", choices=SCALES, default="full",
+                   help="quick: CI smoke test on 2 CPU cores; full: what RESULTS.md reports "
+                   "(CPU-sized); paper: the paper's sizes (GPU)")
+    p.add_argument("--quick", dest="scale", action="store_const", const="quick",
+                   help="same as --scale quick")
+    add_data_args(p, default=None)
+    p.add_argument("--seeds", type=int, help="number of seed pairs / trials / models "
+                   "(default: per experiment)")
+    add_device_arg(p)
+    p.add_argument("--out", help="output folder (default: results/NAME, results-SCALE/NAME "
+                   "for other scales); trained checkpoints are cached under it")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the results of an earlier run in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser("report", help="write RESULTS.md from experiment output folders")
+    p.add_argument("dirs", nargs="+", help="experiment output folders (each with results.json)")
+    p.add_argument("--out", default="RESULTS.md", help="markdown file to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+
+    p = sub.add_parser("spec", help="print (and save) a model's permutation spec")
+    add_model_args(p)
+    p.add_argument("--out", help="write the spec as JSON")
+    add_output_args(p)
+
+    for name, choice in sub.choices.items():
+        choice.set_defaults(func=commands[name])
+    return parser

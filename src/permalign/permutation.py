@@ -1,0 +1,178 @@
+"""The permutation algebra of a spec: where a member's units sit on an axis, and permutations.
+
+A *permutation* maps each group name to a LongTensor of the group's size. Applying it to a state
+dict makes new unit ``i`` of a group out of old unit ``perm[i]`` on every member.
+
+A member's units sit on its axis as an ``[outer, size, inner]`` block starting at ``offset``
+(see :class:`~permalign.spec.Member`). Everything that needs that layout — gather indices for
+applying a permutation, one row per unit for weight matching, one column per unit for activation
+statistics — goes through :func:`unit_block` / :func:`unit_view` here, nowhere else.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .errors import SpecError
+from .spec import Member, Permutation, PermutationSpec, StateDict
+
+
+# ------------------------------------------------------------------ member layout
+def unit_block(tensor: torch.Tensor, member: Member, size: int, axis: int) -> torch.Tensor:
+    """``tensor`` with ``axis`` moved first and cut to the member's units: (outer, size, inner, *rest)."""
+    t = tensor.movedim(axis, 0)  # (L, *rest)
+    block = t[member.offset:member.offset + member.span(size)]
+    return block.reshape(member.outer, size, member.inner, *t.shape[1:])
+
+
+def unit_view(tensor: torch.Tensor, member: Member, size: int, axis: int | None = None
+              ) -> torch.Tensor:
+    """``tensor`` as ``(size, rest)``: one row per unit of the member's group.
+
+    ``axis`` defaults to the member's own axis; activation statistics pass the feature axis of
+    an activation instead (every other position then counts as a sample).
+    """
+    axis = member.axis if axis is None else axis
+    if member.is_plain:
+        return tensor.movedim(axis, 0).reshape(size, -1)
+    return unit_block(tensor, member, size, axis).movedim(1, 0).reshape(size, -1)
+
+
+def member_index(member: Member, length: int, perm: torch.Tensor) -> torch.Tensor:
+    """Full-length gather index for one axis of length ``length``: ``new[i] = old[index[i]]``."""
+    if member.is_plain:
+        return perm
+    size = perm.numel()
+    index = torch.arange(length, device=perm.device)
+    positions = unit_block(index, member, size, 0)  # (outer, size, inner)
+    index[member.offset:member.offset + member.span(size)] = positions[:, perm, :].reshape(-1)
+    return index
+
+
+# ------------------------------------------------------------------ permutations
+def identity_permutation(spec: PermutationSpec) -> Permutation:
+    """Every group in its original order."""
+    return {n: torch.arange(g.size) for n, g in spec.groups.items()}
+
+
+def random_permutation(spec: PermutationSpec, generator: torch.Generator | None = None
+                       ) -> Permutation:
+    """A uniformly random permutation for every group."""
+    return {n: torch.randperm(g.size, generator=generator) for n, g in spec.groups.items()}
+
+
+def invert(perm: Mapping[str, torch.Tensor]) -> Permutation:
+    """The inverse permutation: ``apply(invert(p), apply(p, sd)) == sd``."""
+    return {n: torch.argsort(torch.as_tensor(p)) for n, p in perm.items()}
+
+
+def perm_to_json(perm: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+    """``{group: [index, ...]}``, the JSON form of a permutation."""
+    return {n: [int(i) for i in torch.as_tensor(p).tolist()] for n, p in perm.items()}
+
+
+def perm_from_json(obj: Any, spec: PermutationSpec | None = None) -> Permutation:
+    """Read a permutation from its JSON form, or from a record holding it under ``"perm"``
+    (as written by ``permalign align --perm-out``). Validated against ``spec`` when given."""
+    if isinstance(obj, dict) and isinstance(obj.get("perm"), dict):
+        obj = obj["perm"]
+    if not isinstance(obj, dict):
+        raise SpecError("permutation JSON must be an object of group name -> index list")
+    perm = {}
+    for name, values in obj.items():
+        if not isinstance(values, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise SpecError(f"permutation for group {name!r} must be a list of integers")
+        perm[str(name)] = torch.tensor(values, dtype=torch.long)
+    if spec is not None:
+        spec.validate_permutation(perm)
+    return perm
+
+
+def axis_indices(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
+                 state_dict: StateDict) -> dict[str, dict[int, torch.Tensor]]:
+    """``key -> axis -> gather index`` combining every group acting on that axis."""
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for key, entries in spec.members_by_key().items():
+        shape = state_dict[key].shape
+        for name, m in entries:
+            p = torch.as_tensor(perm[name]).to(state_dict[key].device)
+            idx = member_index(m, shape[m.axis], p)
+            prev = out.setdefault(key, {}).get(m.axis)
+            out[key][m.axis] = idx if prev is None else prev[idx]
+    return out
+
+
+def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
+                      state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """A new state dict with every group's permutation applied (inputs are not modified).
+
+    ``perm`` is validated (one permutation of the right size per group). The state dict's
+    ``_metadata`` (module versions that ``load_state_dict`` reads) is carried over.
+    """
+    spec.validate_permutation(perm)
+    indices = axis_indices(spec, perm, state_dict)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for axis, idx in indices.get(key, {}).items():
+            value = torch.index_select(value, axis, idx)
+        out[key] = value
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        out = _with_metadata(out, metadata)
+    return out
+
+
+class _StateDict(dict):
+    """A plain dict that can carry ``_metadata`` like ``nn.Module.state_dict()``'s result."""
+
+    _metadata: Any
+
+
+def _with_metadata(state: dict[str, torch.Tensor], metadata: Any) -> dict[str, torch.Tensor]:
+    out = _StateDict(state)
+    out._metadata = copy.deepcopy(metadata)
+    return out
+
+
+# ------------------------------------------------------------------ checking
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    from torch.utils._pytree import tree_flatten
+    if hasattr(out, "to_tuple"):  # Hugging Face ModelOutput
+        out = out.to_tuple()
+    leaves, _ = tree_flatten(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+@torch.no_grad()
+def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: Any, *,
+               example_kwargs: dict[str, Any] | None = None, atol: float = 1e-5,
+               rtol: float = 1e-4, generator: torch.Generator | None = None,
+               trials: int = 1) -> float:
+    """Permute every group at random and raise SpecError if the model's outputs change.
+
+    Returns the largest absolute output difference seen. The model is run in eval mode on a copy;
+    ``model`` itself is not modified.
+    """
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    kwargs = example_kwargs or {}
+    state = model.state_dict()
+    spec.validate(state)
+    work = copy.deepcopy(model).eval()
+    reference = _flat_outputs(work(*example_inputs, **kwargs))
+    worst = 0.0
+    for _ in range(trials):
+        perm = random_permutation(spec, generator)
+        work.load_state_dict(apply_permutation(spec, perm, state))
+        permuted = _flat_outputs(work(*example_inputs, **kwargs))
+        for ref, got in zip(reference, permuted, strict=True):
+            diff = (ref - got).abs().max().item() if ref.numel() else 0.0
+            worst = max(worst, diff)
+            if not torch.allclose(ref, got, atol=atol, rtol=rtol):
+                raise SpecError(f"outputs changed under the spec's permutation (max abs diff "
+                                f"{diff:.3g} > atol {atol}); the spec is wrong for this model")
+    return worst

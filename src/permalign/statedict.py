@@ -1,0 +1,62 @@
+"""State-dict basics shared by interpolation, merging and REPAIR: linear combinations of
+weights, and BatchNorm statistics (which an interpolated or merged model must re-estimate)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .data import batches
+
+
+def lerp_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
+               lam: float) -> dict[str, torch.Tensor]:
+    """``(1 - lam) * A + lam * B`` for floating tensors; integer buffers are taken from A."""
+    return {k: torch.lerp(a, state_b[k].to(a.device), lam) if a.is_floating_point() else a.clone()
+            for k, a in state_a.items()}
+
+
+def mean_state(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of several state dicts (integer buffers from the first)."""
+    first = states[0]
+    return {k: torch.stack([s[k].to(v.device) for s in states]).mean(0) if v.is_floating_point()
+            else v.clone() for k, v in first.items()}
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def reset_bn_stats(model: nn.Module, x: torch.Tensor, *, num_batches: int = 20,
+                   batch_size: int = 256, seed: int = 0) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``num_batches`` batches of x.
+
+    Uses an exact cumulative average (momentum None) over the batches, then puts the model in
+    eval mode. Needed for interpolated or merged BatchNorm models (variance collapse).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    for i, (xb, _) in enumerate(batches(x, x.new_zeros(len(x)), batch_size, shuffle=True,
+                                        generator=generator)):
+        if i >= num_batches:
+            break
+        model(xb)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+def float_state(state: dict[str, torch.Tensor], device: torch.device | str | None,
+                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Floating-point tensors of a state dict, moved to ``device`` in ``dtype``."""
+    return {k: v.detach().to(device=device, dtype=dtype) for k, v in state.items()
+            if v.is_floating_point()}
