@@ -5,8 +5,9 @@ Every method has the signature ``fn(spec, state_a, state_b, *, model, data, seed
 """
 from .activation import activation_matching
 from .base import METHODS, MatchResult, get_method, register
+from .init import STARTS, run_from_starts, weight_method
 from .ste import ste_matching
 from .weight import weight_matching
 
 __all__ = ["METHODS", "MatchResult", "get_method", "register", "weight_matching",
-           "activation_matching", "ste_matching"]
+           "activation_matching", "ste_matching", "weight_method", "run_from_starts", "STARTS"]

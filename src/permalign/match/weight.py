@@ -16,9 +16,8 @@ import torch
 
 from .. import lap
 from ..errors import SpecError
-from ..spec import (Member, Permutation, PermutationSpec, identity_permutation, member_index,
-                    random_permutation)
-from .base import MatchResult, float_state, register
+from ..spec import Member, Permutation, PermutationSpec, member_index, random_permutation
+from .base import MatchResult, float_state
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -101,20 +100,29 @@ class _Matcher:
                          for k in self.a))
 
 
-@register("weight")
 def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     state_b: Mapping[str, torch.Tensor], *, seed: int = 0, max_iter: int = 100,
-                    init: Permutation | None = None, device: torch.device | str | None = None,
-                    solver: str = "scipy", similarity_keys: Callable[[str], bool] | None = None,
-                    restarts: int = 0, **_: object) -> MatchResult:
+                    init: Permutation | str | None = None,
+                    device: torch.device | str | None = None, solver: str = "scipy",
+                    similarity_keys: Callable[[str], bool] | None = None, restarts: int = 0,
+                    **context: object) -> MatchResult:
     """Permutation of B's units that maximises sum <W_A, pi(W_B)> (paper Algorithm 1).
 
     Groups are visited in a fresh random order each sweep (seeded by ``seed``); the loop stops
     after a sweep with no improvement, or after ``max_iter`` sweeps. ``init`` is the starting
-    permutation (identity if None). Products run on ``device`` (default: where state_a lives).
+    permutation (identity if None), or a start's name (``"identity"``, ``"sorted"``,
+    ``"activation"``, ``"auto"``: see :mod:`permalign.match.init`, which gets ``context``).
+    Products run on ``device`` (default: where state_a lives).
     ``restarts`` > 0 also runs from that many random starting permutations and keeps the run
     with the highest objective (coordinate descent can stop in a local optimum).
     """
+    if init is None or isinstance(init, str):  # a named start: match/init.py runs it
+        from .init import run_from_starts
+        return run_from_starts(lambda perm: weight_matching(
+            spec, state_a, state_b, seed=seed, max_iter=max_iter, init=perm, device=device,
+            solver=solver, similarity_keys=similarity_keys, restarts=restarts), spec, state_a,
+            state_b, init or "identity", seed=seed, solver=solver,
+            similarity_keys=similarity_keys, **context)
     if restarts > 0:  # also start from random permutations; keep the best objective
         runs = [weight_matching(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
                                 device=device, solver=solver, similarity_keys=similarity_keys)]
@@ -129,7 +137,7 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     start = time.perf_counter()
     spec.validate(state_a)
     spec.validate(state_b)
-    perm = init if init is not None else identity_permutation(spec)
+    perm = init
     spec.validate_permutation(perm)
     if device is None:
         device = next((v.device for v in state_a.values()), "cpu")
@@ -163,7 +171,7 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
         converged=converged,
         timings={"total": total, "similarity": matcher.time_similarity,
                  "solver": matcher.time_solver},
-        info={"sweeps": len(history), "seed": seed, "solver": solver})
+        info={"sweeps": len(history), "seed": seed, "solver": solver, "init": "given"})
 
 
 def matching_objective(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
