@@ -55,8 +55,8 @@ def test_sorted_start_alone_recovers_any_planted_permutation():
 
 
 # models on which identity-start weight matching misses the planted permutation (survey)
-IDENTITY_MISSES = ["transformers/bert", "transformers/mobilenet_v2", "transformers/convnext",
-                   "transformers/deit"]
+IDENTITY_MISSES = ["transformers/bit", "transformers/dinov2", "transformers/segformer",
+                   "torchvision/mobilenet_v2", "torchvision/squeezenet", "timm/efficientnet"]
 
 
 @pytest.mark.slow
@@ -64,6 +64,8 @@ IDENTITY_MISSES = ["transformers/bert", "transformers/mobilenet_v2", "transforme
 @pytest.mark.parametrize("start", ["auto", "sorted", "activation"])
 def test_planted_recovery_where_identity_start_fails(name, start):
     case = CASES[name]
+    if case.unavailable():
+        pytest.skip(case.unavailable())
     model = case.model()
     inputs, kwargs = case.inputs()
     spec = infer_spec(model, inputs, example_kwargs=kwargs, check=False)
@@ -109,8 +111,9 @@ def test_activation_start_recovers_planted_on_attention():
     assert aligned_equals(spec, start, state, b)
 
 
-@pytest.mark.parametrize("model_string", ["mlp:depth=3,width=128", "resnet20:width=1,norm=ln",
-                                          "vgg11:width=0.25,norm=bn"])
+# the same trained pairs as test_matching's reference test (the session cache trains them once)
+@pytest.mark.parametrize("model_string", ["mlp:depth=3,width=128", "resnet20:width=1,norm=bn",
+                                          "vgg11:width=0.125,norm=ln"])
 def test_default_reaches_at_least_the_identity_objective(trained, model_string):
     """On trained pairs the CLI's default weight method is never worse than Algorithm 1."""
     model, spec, a = trained(model_string, 0, 3)
@@ -123,8 +126,8 @@ def test_default_reaches_at_least_the_identity_objective(trained, model_string):
 
 
 def test_weight_method_uses_data_for_the_activation_start(trained, digits):
-    model, spec, a = trained("mlp:depth=2,width=64", 0, 3)
-    _, _, b = trained("mlp:depth=2,width=64", 1, 3)
+    model, spec, a = trained("mlp:depth=3,width=128", 0, 3)
+    _, _, b = trained("mlp:depth=3,width=128", 1, 3)
     result = get_method("weight")(spec, a, b, model=model, data=digits, seed=0,
                                   num_examples=128)
     assert set(result.info["init_objectives"]) == {"identity", "sorted", "activation"}

@@ -15,6 +15,14 @@ from permalign.testing import CASES, run_case
 # Cases known to fail with today's inference rules, and why (issue 10 items 2-6). strict: a
 # fix makes the test pass, and then this entry must go.
 KNOWN = {
+    "transformers/beit": "no rule for aten.meshgrid (relative position index built in forward)",
+    "transformers/mixtral": "no rule for aten.histc (grouped-mm expert routing), issue 10 item 6",
+    "torchvision/mnasnet": "apply_permutation drops state-dict _metadata, issue 10 item 3",
+    "torchvision/swin": "int relative_position_index buffer becomes a group, issue 10 item 2",
+    "torchvision/maxvit": "int relative_position_index buffer becomes a group, issue 10 item 2",
+    "transformers/mamba": "zeros() fixes the SSM channels, issue 10 item 5",
+    "torchvision/shufflenet": "reshape fallback fixes pass-through channels, issue 10 item 4",
+    "timm/swin": "reshape fallback fixes the residual stream, issue 10 item 4",
 }
 
 # a few cases of each kind run in the default suite; the rest are marked slow
@@ -41,7 +49,7 @@ def test_real_architecture(name):
     """Inference works, the spec preserves outputs through load_state_dict, and the default
     weight-matching start recovers a planted permutation exactly."""
     report = run_case(CASES[name], starts=("auto",))
-    assert report.failed is None, f"{report.failed}: {report.error}"
+    assert report.failed is None, f"{report.failed}: {report.error}"  # incl. lost symmetries
     assert report.groups > 0
     outcome = report.matching["auto"]
     assert outcome.recovered, f"objective ratio {outcome.objective_ratio:.4f}"

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from ..sites import unit_samples
 from ..spec import (Member, PermutationSpec, apply_permutation, identity_permutation,
                     member_index)
 from ..stats import CrossMoments
@@ -125,7 +124,7 @@ def observation_sites(model: nn.Module, spec: PermutationSpec, inputs: tuple,
     """For every group, up to ``MAX_SITES`` places its units appear (possibly none)."""
     kwargs = kwargs or {}
     work = copy.deepcopy(model).eval()
-    state = work.state_dict()
+    state = {k: v.clone() for k, v in work.state_dict().items()}  # loading overwrites the live
     generator = torch.Generator().manual_seed(seed)
     owners = {g: owner_modules(work, spec, g) for g in spec.groups}
     union = sorted({n for names in owners.values() for n in names})
@@ -144,6 +143,22 @@ def observation_sites(model: nn.Module, spec: PermutationSpec, inputs: tuple,
         out[name] = find_sites(mine, store, perm[name], _layouts(spec, name),
                                group.size)[:MAX_SITES]
     return out
+
+
+def invariant_unit_samples(x: torch.Tensor, layout: Member, size: int, axis: int
+                           ) -> torch.Tensor:
+    """(samples, size) values of the units at a site, paired across the two models.
+
+    Positions of the other axes are samples. A unit's repeats within the axis (``outer``
+    copies, ``inner`` positions: other heads, positions within a head) belong to other groups
+    whose permutations differ between the models, so they are sorted, not paired.
+    """
+    x = x.movedim(axis, -1)
+    x = x.reshape(-1, x.shape[-1])  # (samples, L)
+    block = x[:, layout.offset:layout.offset + layout.span(size)]
+    block = block.reshape(-1, layout.outer, size, layout.inner).movedim(2, -1)
+    block = block.reshape(block.shape[0], -1, size)  # (samples, outer * inner, size)
+    return block.sort(dim=1).values.reshape(-1, size)
 
 
 @torch.no_grad()
@@ -167,7 +182,8 @@ def site_moments(model: nn.Module, spec: PermutationSpec, sites: dict[str, list[
             xb = captured[1][(s.module, s.io)][s.index]
             size = spec.groups[name].size
             moments.setdefault(name, CrossMoments()).update(
-                unit_samples(xa, s.layout, size, s.axis), unit_samples(xb, s.layout, size, s.axis))
+                invariant_unit_samples(xa, s.layout, size, s.axis),
+                invariant_unit_samples(xb, s.layout, size, s.axis))
     return moments
 
 

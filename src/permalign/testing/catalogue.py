@@ -32,6 +32,7 @@ class Case:
     inputs: Callable[[], Inputs]
     traits: tuple[str, ...] = ()
     slow: bool = False  # takes more than a few seconds on 2 CPU cores
+    free: tuple[str, ...] = ()  # "key:axis" places that have a permutation symmetry
 
     @property
     def library(self) -> str:
@@ -196,6 +197,7 @@ TRANSFORMERS = [
         "SegformerForImageClassification", "SegformerConfig", hidden_sizes=[8, 16, 32, 64],
         num_attention_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1], decoder_hidden_size=32,
         num_labels=5), images(), ("spatial-reduction-attention", "overlapping-patches")),
+    # CvT: stage s needs depth > s (its drop-path rates are indexed by stage)
     Case("transformers/cvt", "vision-transformer", _hf(
         "CvtForImageClassification", "CvtConfig", embed_dim=[16, 32, 64], num_heads=[1, 2, 4],
         depth=[1, 2, 3], num_labels=5), images(), ("convolutional-projection", "cls-token")),
@@ -278,10 +280,20 @@ TRANSFORMERS = [
         "MixtralForCausalLM", "MixtralConfig", **ENC, num_key_value_heads=2,
         num_local_experts=4, num_experts_per_tok=2, **LM), tokens(use_cache=False),
         ("mixture-of-experts", "gqa", "rotary")),
+    # full widths as published (slow): coordinate descent from the identity gets stuck more
+    # often as groups grow
+    Case("transformers/deit-tiny-full", "vision-transformer", _hf(
+        "ViTForImageClassification", "ViTConfig", hidden_size=192, num_hidden_layers=12,
+        num_attention_heads=3, intermediate_size=768, image_size=224, patch_size=16,
+        num_labels=10), images(224), ("global-attention", "cls-token", "full-size"), slow=True),
+    Case("transformers/mobilenet_v2-full", "cnn", _hf(
+        "MobileNetV2ForImageClassification", "MobileNetV2Config", image_size=64, num_labels=10),
+        images(64), ("residual", "depthwise", "inverted", "full-size"), slow=True),
     Case("transformers/mamba", "ssm", _hf(
         "MambaForCausalLM", "MambaConfig", hidden_size=32, state_size=4, num_hidden_layers=2,
         vocab_size=50, expand=2, conv_kernel=4), tokens(use_cache=False),
-        ("selective-scan", "depthwise-causal-conv", "tied-embeddings")),
+        ("selective-scan", "depthwise-causal-conv", "tied-embeddings"),
+        free=("backbone.layers.0.mixer.in_proj.weight:0",)),
 ]
 
 
@@ -320,7 +332,8 @@ TORCHVISION = [
         images(), ("residual", "depthwise", "squeeze-excite")),
     Case("torchvision/shufflenet", "cnn", _tv(
         "shufflenetv2.ShuffleNetV2", [2, 2, 2], [8, 16, 32, 64, 128], num_classes=10),
-        images(), ("channel-shuffle", "channel-split", "depthwise")),
+        images(), ("channel-shuffle", "channel-split", "depthwise"),
+        free=("stage3.1.branch2.5.weight:0",)),
     Case("torchvision/squeezenet", "cnn", _tv(
         "squeezenet.SqueezeNet", "1_1", num_classes=10), images(64),
         ("fire-concat", "conv-classifier")),
@@ -334,6 +347,12 @@ TORCHVISION = [
         "convnext.ConvNeXt", lambda m: [m.CNBlockConfig(8, 16, 1), m.CNBlockConfig(16, 32, 1),
                                         m.CNBlockConfig(32, None, 1)], num_classes=10),
         images(), ("residual", "depthwise", "layer-scale", "permute-layernorm")),
+    Case("torchvision/mobilenet_v2-full", "cnn", _tv(
+        "mobilenetv2.MobileNetV2", num_classes=10), images(64),
+        ("residual", "depthwise", "inverted", "full-size"), slow=True),
+    Case("torchvision/efficientnet_b0-full", "cnn", _tv(
+        "efficientnet.efficientnet_b0", num_classes=10), images(64),
+        ("residual", "depthwise", "squeeze-excite", "full-size"), slow=True),
     Case("torchvision/vit", "vision-transformer", _tv(
         "vision_transformer.VisionTransformer", image_size=32, patch_size=8, num_layers=2,
         num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10), images(),
@@ -388,10 +407,11 @@ TIMM = [
     Case("timm/deit_distilled", "vision-transformer", _timm(
         "deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32,
         num_heads=4), images(), ("global-attention", "distillation-token")),
-    Case("timm/swin", "vision-transformer", _timm(
-        "swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4,
-        embed_dim=16, depths=(2, 2), num_heads=(2, 4)), images(),
-        ("windowed-attention", "relative-position-index", "patch-merging")),
+    Case("timm/swin", "vision-transformer", _timm(  # 14x14 tokens in 7x7 windows
+        "swin_tiny_patch4_window7_224", img_size=56, embed_dim=16, depths=(2, 2),
+        num_heads=(2, 4)), images(56),
+        ("windowed-attention", "relative-position-index", "patch-merging"),
+        free=("layers.0.blocks.0.mlp.fc2.weight:0",)),
     Case("timm/convnext", "cnn", _timm(
         "convnext_atto", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)), images(),
         ("residual", "depthwise", "layer-scale")),
