@@ -132,3 +132,27 @@ def test_weight_method_uses_data_for_the_activation_start(trained, digits):
                                   num_examples=128)
     assert set(result.info["init_objectives"]) == {"identity", "sorted", "activation"}
     assert result.history[-1] == max(result.info["init_objectives"].values())
+
+
+def test_cli_align_records_the_start(tmp_path, capsys):
+    """`permalign align` runs auto by default and --init identity runs Algorithm 1; the
+    permutation JSON records the start and every start's objective."""
+    import json
+    from permalign.cli import main
+    from permalign.io import save_state_dict
+    torch.manual_seed(0)
+    model, spec = zoo.build("mlp:depth=2,width=32", input_shape=(1, 8, 8), num_classes=10)
+    state = model.state_dict()
+    b, _ = planted(spec, state, 0)
+    save_state_dict(state, tmp_path / "a.pt")
+    save_state_dict(b, tmp_path / "b.pt")
+    records = {}
+    for init in (None, "identity"):
+        argv = ["align", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--model",
+                "mlp:depth=2,width=32", "--dataset", "digits", "--out", str(tmp_path / "o.pt"),
+                "--perm-out", str(tmp_path / f"{init}.json"), "--force", "--quiet"]
+        assert main(argv + (["--init", init] if init else [])) == 0
+        records[init] = json.loads((tmp_path / f"{init}.json").read_text())["info"]
+    assert set(records[None]["init_objectives"]) == {"identity", "sorted"}
+    assert records["identity"]["init"] == "identity"
+    assert list(records["identity"]["init_objectives"]) == ["identity"]

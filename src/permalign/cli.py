@@ -185,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    for name in ("max_iter", "epochs", "lr", "batch_size", "num_examples"):
+    for name in ("max_iter", "epochs", "lr", "batch_size", "num_examples", "init"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
@@ -202,7 +202,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     if args.spec:
         spec = PermutationSpec.load(args.spec)
     state_a, state_b = _load_pair(args, model.state_dict())
-    needs_data = args.method != "weight"
+    needs_data = args.method != "weight" or args.init == "activation"
     data = _data(args) if needs_data else None
     aligned, result = align(args.method, spec, model, state_a, state_b, data=data,
                             seed=args.seed, device=device, progress=not args.quiet,
@@ -213,7 +213,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         record["provenance"] = provenance(seeds={"matching": args.seed}, device=device,
                                           started=started)
         _write_json(args.perm_out, record, force=args.force)
-    print(f"{args.method} matching: {len(result.history)} steps, objective "
+    start = f" from the {result.info['init']} start" if "init" in result.info else ""
+    print(f"{args.method} matching{start}: {len(result.history)} steps, objective "
           f"{result.history[-1] if result.history else float('nan'):.6g}; wrote {args.out}")
     return 0
 
@@ -362,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", help="permutation spec JSON (default: the zoo model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iter", type=int, help="weight matching: most sweeps (default 100)")
+    p.add_argument("--init", choices=["auto", "identity", "sorted", "activation"],
+                   help="weight matching: starting point (default auto: the best of identity "
+                   "and sorted weights; identity is the paper's Algorithm 1)")
     p.add_argument("--epochs", type=int, help="ste: passes over the training data (default 1)")
     p.add_argument("--lr", type=float, help="ste: SGD learning rate (default 0.3)")
     p.add_argument("--batch-size", type=int, help="ste: minibatch size (default 128)")
