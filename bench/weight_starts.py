@@ -50,6 +50,7 @@ def main() -> None:
             curve = interpolation_curve(model, a, apply_permutation(spec, result.perm, b), data)
             results[start] = (result.history[-1], curve.barriers()["test_loss"], seconds,
                               result.info["init"])
+            print(f"{key} {start}: {results[start]}", flush=True)
         identity = results["identity"][0]
         for start, (objective, barrier, seconds, won) in results.items():
             rows.append([MODELS[key], start, won, f"{objective:.6g}",
