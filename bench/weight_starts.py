@@ -10,6 +10,7 @@ from A to the aligned B is measured (25 points, BatchNorm statistics reset where
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -56,8 +57,9 @@ def main() -> None:
             rows.append([MODELS[key], start, won, f"{objective:.6g}",
                          f"{objective / identity:.4f}", f"{barrier:.4f}", f"{naive:.4f}",
                          f"{seconds:.2f}"])
+    load = os.getloadavg()[0]
     emit("## Weight matching starts on trained pairs (digits)\n\n"
-         f"Machine: {machine()}\n\nCommand: `python bench/weight_starts.py "
+         f"Machine: {machine()}; load average {load:.2f} at the end\n\nCommand: `python bench/weight_starts.py "
          f"--models {args.models} --epochs {args.epochs}`\n\n"
          + table(["model", "init", "start kept", "objective", "/ identity",
                   "test-loss barrier", "naive barrier", "s"], rows), args.out)
