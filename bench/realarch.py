@@ -23,6 +23,7 @@ import torch
 
 from _common import emit, machine, table
 from permalign.testing import CASES, run_case
+from permalign.testing.harness import CaseReport, MatchOutcome
 from permalign.testing.catalogue import library_unavailable
 
 
@@ -32,6 +33,13 @@ def auto_outcome(report, starts=("identity", "sorted")):
     if len(runs) < len(starts):
         return None
     return max(runs, key=lambda o: (o.objective_ratio, -runs.index(o)))
+
+
+def load_report(data: dict) -> CaseReport:
+    """A CaseReport from its JSON form."""
+    report = CaseReport(**{k: v for k, v in data.items() if k != "matching"})
+    report.matching = {k: MatchOutcome(**v) for k, v in data["matching"].items()}
+    return report
 
 
 def mark(outcome) -> str:
@@ -46,6 +54,8 @@ def main() -> None:
     parser.add_argument("--starts", nargs="*", default=["identity", "sorted", "activation"])
     parser.add_argument("--no-slow", action="store_true")
     parser.add_argument("--out")
+    parser.add_argument("--update", action="store_true",
+                        help="re-run only --cases and keep the other rows of --out's JSON")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -60,6 +70,15 @@ def main() -> None:
         reports.append(report)
         print(f"{name}: {report.failed or 'ok'} {report.error[:120]} {report.seconds:.1f}s",
               flush=True)
+    command = f"python bench/realarch.py {' '.join(os.sys.argv[1:])}"
+    commands = [command]
+    if args.update and args.out and Path(args.out).with_suffix(".json").exists():
+        old = json.loads(Path(args.out).with_suffix(".json").read_text())
+        commands = old.get("commands", []) + [command]
+        previous = old["reports"]
+        fresh = {r.name: r for r in reports}
+        reports = [fresh.pop(d["name"], None) or load_report(d) for d in previous]
+        reports += list(fresh.values())
     rows = []
     for r in reports:
         auto = auto_outcome(r)
@@ -81,7 +100,7 @@ def main() -> None:
     load = os.getloadavg()
     text = (f"## Real architectures: spec inference and planted recovery\n\n"
             f"Machine: {machine()}; load average {load[0]:.2f} at the end\n\n"
-            f"Command: `python bench/realarch.py {' '.join(os.sys.argv[1:])}`\n\n"
+            f"Command: {', then '.join(f'`{c}`' for c in commands)}\n\n"
             f"Libraries not importable here: "
             f"{'; '.join(f'{k} ({v})' for k, v in skipped.items() if v) or 'none'}\n\n"
             f"{summary}\n\n"
@@ -93,6 +112,7 @@ def main() -> None:
     if args.out:
         Path(args.out).with_suffix(".json").write_text(json.dumps(
             {"machine": machine(), "time": time.time(), "starts": args.starts,
+             "commands": commands,
              "reports": [r.to_json() for r in reports]}, indent=1))
 
 

@@ -92,12 +92,15 @@ def permuted_outputs_differ(model: nn.Module, spec: PermutationSpec, inputs: tup
     by 4e-6); in float64 a right spec changes them by < 1e-6 (HF models that compute norms
     and rotary embeddings in float32 inside stay near 1e-7).
     """
+    # both copies are made before any forward: some models cache tensors derived from their
+    # weights in eval mode (timm LeViT's attention-bias cache), and a copy made after a
+    # forward would run the permuted weights with the stale cache
     reference_model = copy.deepcopy(model).eval().to(dtype)
-    inputs, kwargs = _to(inputs, dtype), _to(kwargs, dtype)
-    reference = outputs(reference_model, inputs, kwargs)
     work = copy.deepcopy(reference_model)
     state = reference_model.state_dict()
     work.load_state_dict(apply_permutation(spec, random_permutation(spec, generator), state))
+    inputs, kwargs = _to(inputs, dtype), _to(kwargs, dtype)
+    reference = outputs(reference_model, inputs, kwargs)
     worst = 0.0
     for ref, got in zip(reference, outputs(work, inputs, kwargs), strict=True):
         if ref.numel():
