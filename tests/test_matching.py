@@ -6,7 +6,8 @@ import torch
 
 from conftest import same_perm
 from permalign import zoo
-from permalign.match import activation_matching, get_method, ste_matching, weight_matching
+from permalign.match import (activation_matching, get_method, ste_matching, weight_matching,
+                             weight_method)
 from permalign.match.activation import activation_statistics
 from permalign.permutation import apply_permutation, invert, random_permutation
 from permalign.stats import CrossMoments
@@ -117,7 +118,7 @@ def test_cross_moments_match_numpy_formula():
 
 
 def test_registry_and_errors():
-    assert get_method("weight").function is weight_matching
+    assert get_method("weight").function is weight_method
     from permalign.errors import PermalignError
     with pytest.raises(PermalignError, match="unknown matching method"):
         get_method("magic")

@@ -118,7 +118,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         check_writable(args.perm_out, force=args.force)
     options = _method_options(args)
     inputs = resolve_inputs(args, checkpoints=[args.a, args.b],
-                            need_data=get_method(args.method).needs_data)
+                            need_data=get_method(args.method).needs_data_for(options))
     state_a, state_b = inputs.states
     aligned, result = align(args.method, inputs.spec, inputs.model, state_a, state_b,
                             data=inputs.data, seed=args.seed, device=inputs.device,
@@ -129,7 +129,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
                                           started=started)
         _write_json(args.perm_out, record, force=args.force)
-    print(f"{args.method} matching: {len(result.history)} steps, objective "
+    start = f" from the {result.info['init']} start" if "init" in result.info else ""
+    print(f"{args.method} matching{start}: {len(result.history)} steps, objective "
           f"{result.history[-1] if result.history else float('nan'):.6g}; wrote {args.out}")
     return 0
 

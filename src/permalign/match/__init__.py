@@ -13,8 +13,10 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 from .activation import activation_matching  # noqa: E402
+from .init import STARTS, run_from_starts  # noqa: E402
 from .ste import ste_matching  # noqa: E402
-from .weight import weight_matching  # noqa: E402
+from .weight import weight_matching, weight_method  # noqa: E402
 
 __all__ = ["METHODS", "MatchResult", "Method", "Option", "get_method", "register",
-           "weight_matching", "activation_matching", "ste_matching"]
+           "weight_matching", "weight_method", "run_from_starts", "STARTS",
+           "activation_matching", "ste_matching"]

@@ -22,7 +22,7 @@ from ..permutation import apply_permutation, unit_view
 from ..spec import PermutationSpec
 from ..stats import CrossMoments
 from .base import MatchResult, Option, register, solver_option
-from .weight import default_similarity_key
+from .base import default_similarity_key
 
 # Dead units (constant activations) correlate with nothing; the cosine similarity of their
 # incoming weights, at this tiny weight, decides between them without disturbing live units.

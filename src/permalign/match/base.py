@@ -21,6 +21,13 @@ from ..spec import Permutation, PermutationSpec
 
 COMMON_ARGS = ("model", "data", "seed", "device", "progress")
 
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def default_similarity_key(key: str) -> bool:
+    """Parameters count in the objective; BatchNorm running statistics do not."""
+    return not key.endswith(BUFFER_SUFFIXES)
+
 
 @dataclass
 class MatchResult:
@@ -90,8 +97,17 @@ class Method:
     name: str
     function: MatchFunction
     options: tuple[Option, ...]
-    needs_data: bool
+    data_rule: bool | Callable[[Mapping[str, Any]], bool]  # needs data (given its options)
     summary: str
+
+    @property
+    def needs_data(self) -> bool:
+        """True if the method always needs training data."""
+        return self.data_rule is True
+
+    def needs_data_for(self, options: Mapping[str, Any]) -> bool:
+        """True if the method needs training data when run with these options."""
+        return bool(self.data_rule(options)) if callable(self.data_rule) else self.data_rule
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -116,7 +132,8 @@ class Method:
         """
         common = {k: kwargs.pop(k) for k in COMMON_ARGS if k in kwargs}
         options = self.check_options(kwargs)
-        if self.needs_data and (common.get("model") is None or common.get("data") is None):
+        if self.needs_data_for(options) and (common.get("model") is None
+                                             or common.get("data") is None):
             raise PermalignError(f"{self.name} matching needs the model and training data "
                                  "(pass --dataset)")
         accepted = inspect.signature(self.function).parameters
@@ -127,9 +144,13 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, options: Sequence[Option] = (), needs_data: bool = False,
+def register(name: str, *, options: Sequence[Option] = (),
+             needs_data: bool | Callable[[Mapping[str, Any]], bool] = False,
              summary: str = "") -> Callable[[MatchFunction], MatchFunction]:
     """Decorator adding a matching method to the registry under ``name``.
+
+    ``needs_data``: whether the method needs the model and training data — True, False, or a
+    predicate on the options it is run with (e.g. only for one starting point).
 
     Each option must be a keyword parameter of the function with the same default (checked
     here, so the declaration and the function cannot drift apart).

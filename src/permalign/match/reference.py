@@ -15,7 +15,7 @@ from .. import lap
 from ..permutation import identity_permutation, member_index, unit_view
 from ..spec import Member, PermutationSpec
 from .base import MatchResult
-from .weight import default_similarity_key
+from .base import default_similarity_key
 
 
 def _permuted_except(spec: PermutationSpec, perm, key: str, tensor: torch.Tensor,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,14 +21,9 @@ from ..permutation import (apply_permutation, identity_permutation, member_index
                            random_permutation, unit_view)
 from ..spec import Permutation, PermutationSpec
 from ..statedict import float_state
-from .base import MatchResult, Option, register, solver_option
+from .base import MatchResult, Option, default_similarity_key, register, solver_option
+from .init import run_from_starts
 
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def default_similarity_key(key: str) -> bool:
-    """Parameters count in the objective; BatchNorm running statistics do not."""
-    return not key.endswith(BUFFER_SUFFIXES)
 
 
 
@@ -93,24 +89,29 @@ class _Matcher:
                          for k in self.a))
 
 
-@register("weight", options=[
-    Option("max_iter", int, 100, "most coordinate-descent sweeps", minimum=1),
-    Option("restarts", int, 0, "extra runs from random starting permutations (best kept)",
-           minimum=0),
-    solver_option()])
 def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     state_b: Mapping[str, torch.Tensor], *, seed: int = 0, max_iter: int = 100,
-                    init: Permutation | None = None, device: torch.device | str | None = None,
-                    solver: str = "scipy", similarity_keys: Callable[[str], bool] | None = None,
-                    restarts: int = 0) -> MatchResult:
+                    init: Permutation | str | None = None,
+                    device: torch.device | str | None = None, solver: str = "scipy",
+                    similarity_keys: Callable[[str], bool] | None = None, restarts: int = 0,
+                    model: torch.nn.Module | None = None, inputs: tuple | None = None,
+                    input_kwargs: dict | None = None) -> MatchResult:
     """Permutation of B's units that maximises sum <W_A, pi(W_B)> (paper Algorithm 1).
 
     Groups are visited in a fresh random order each sweep (seeded by ``seed``); the loop stops
     after a sweep with no improvement, or after ``max_iter`` sweeps. ``init`` is the starting
-    permutation (identity if None). Products run on ``device`` (default: where state_a lives).
-    ``restarts`` > 0 also runs from that many random starting permutations and keeps the run
-    with the highest objective (coordinate descent can stop in a local optimum).
+    permutation (identity if None: the paper's Algorithm 1), or a start's name (``"identity"``,
+    ``"sorted"``, ``"activation"``, ``"auto"``: see :mod:`permalign.match.init`; the
+    activation start observes ``model`` on ``inputs``). Products run on ``device`` (default:
+    where state_a lives). ``restarts`` > 0 also runs from that many random starting
+    permutations and keeps the run with the highest objective.
     """
+    if isinstance(init, str):  # a named start: match/init.py runs it (and maybe others)
+        return run_from_starts(lambda perm: weight_matching(
+            spec, state_a, state_b, seed=seed, max_iter=max_iter, init=perm, device=device,
+            solver=solver, similarity_keys=similarity_keys, restarts=restarts), spec, state_a,
+            state_b, init, seed=seed, solver=solver, similarity_keys=similarity_keys,
+            model=model, inputs=inputs, input_kwargs=input_kwargs)
     if restarts > 0:  # also start from random permutations; keep the best objective
         runs = [weight_matching(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
                                 device=device, solver=solver, similarity_keys=similarity_keys)]
@@ -125,6 +126,7 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     start = time.perf_counter()
     spec.validate(state_a)
     spec.validate(state_b)
+    start_name = "identity" if init is None else "given"
     perm = init if init is not None else identity_permutation(spec)
     spec.validate_permutation(perm)
     if device is None:
@@ -154,12 +156,15 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     if not all(np.isfinite(history)):
         raise SpecError("weight matching produced a non-finite objective; check the weights")
     total = time.perf_counter() - start
+    info = {"sweeps": len(history), "seed": seed, "solver": solver, "init": start_name}
+    if start_name == "identity":
+        info["identity_objective"] = history[-1] if history else matcher.objective()
     return MatchResult(
         perm={n: p.cpu() for n, p in matcher.perm.items()}, method="weight", history=history,
         converged=converged,
         timings={"total": total, "similarity": matcher.time_similarity,
                  "solver": matcher.time_solver},
-        info={"sweeps": len(history), "seed": seed, "solver": solver})
+        info=info)
 
 
 def matching_objective(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
@@ -170,3 +175,31 @@ def matching_objective(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor
     permuted = apply_permutation(spec.restricted(keys), perm, {k: state_b[k] for k in keys})
     return float(sum(torch.dot(state_a[k].double().reshape(-1),
                                permuted[k].double().reshape(-1)) for k in keys))
+
+
+@register("weight", needs_data=lambda options: options.get("init") == "activation", options=[
+    Option("init", str, "auto", "starting point: auto = the best of identity and sorted "
+           "weights (and activations when data is given); identity = the paper's Algorithm 1",
+           choices=("auto", "identity", "sorted", "activation")),
+    Option("max_iter", int, 100, "most coordinate-descent sweeps", minimum=1),
+    Option("restarts", int, 0, "extra runs from random starting permutations (best kept)",
+           minimum=0),
+    Option("start_examples", int, 256, "training inputs the activation start observes",
+           minimum=1),
+    solver_option()])
+def weight_method(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
+                  state_b: Mapping[str, torch.Tensor], *, init: str = "auto",
+                  model: torch.nn.Module | None = None, data: Any = None, seed: int = 0,
+                  device: torch.device | str | None = None, max_iter: int = 100,
+                  restarts: int = 0, start_examples: int = 256, solver: str = "scipy"
+                  ) -> MatchResult:
+    """Permutation of B's units maximising sum <W_A, pi(W_B)>, from the best of several starts.
+
+    ``init="identity"`` is the paper's Algorithm 1. With ``data`` the activation start joins
+    ``auto``, on the first ``start_examples`` training inputs.
+    """
+    inputs = (data.train_x[:start_examples],) if data is not None and model is not None \
+        else None
+    return weight_matching(spec, state_a, state_b, init=init, model=model, inputs=inputs,
+                           seed=seed, device=device, max_iter=max_iter, restarts=restarts,
+                           solver=solver)
