@@ -70,25 +70,54 @@ def permuted_rows(tensor: torch.Tensor, member: Member, size: int, others: Other
     return unit_rows(t, member, size)
 
 
+# An incremental update of a cached similarity pays while it touches fewer columns than this
+# share of the group's matrices; above it the product is recomputed from scratch.
+INCREMENTAL_SHARE = 0.3
+
+
 @dataclass(frozen=True)
 class _Block:
-    """One member of a group: its columns in the group's matrices, the members it depends on."""
+    """One member of a group: its columns in the group's matrices, the members it depends on.
+
+    ``shape4`` is set when exactly one other plain member acts on the tensor (the usual
+    weight between two groups): the block's columns then view as ``(pre, units, post)`` over
+    that member's units, and a change of a few of them updates the similarity incrementally.
+    """
 
     key: str
     member: Member
     cols: slice
     others: Others  # every other (group, member) acting on the same tensor
+    shape4: tuple[int, int, int] | None = None  # (pre, units of the other group, post)
+
+
+def _block_shape(tensor: torch.Tensor, member: Member, others: Others
+                 ) -> tuple[int, int, int] | None:
+    if len(others) != 1 or not member.is_plain or not others[0][1].is_plain:
+        return None
+    other = others[0][1]
+    if other.axis == member.axis:
+        return None
+    rest = list(tensor.movedim(member.axis, 0).shape[1:])
+    axis = (other.axis + 1 if other.axis < member.axis else other.axis) - 1  # place in rest
+    pre = int(np.prod(rest[:axis])) if axis else 1
+    return pre, rest[axis], int(np.prod(rest[axis + 1:])) if axis + 1 < len(rest) else 1
 
 
 class _Matcher:
-    """State of one weight-matching run: per-group row matrices, staleness, timers."""
+    """State of one weight-matching run: per-group row matrices, staleness, timers.
+
+    ``sim[g]`` caches group g's similarity (float64) from its last solve; stale blocks whose
+    other group moved only a few units update it by ``A_cols @ (B_new - B_old)_cols.T``.
+    """
 
     def __init__(self, spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                  state_b: Mapping[str, torch.Tensor], perm: Permutation,
                  use_key: Callable[[str], bool], device: torch.device | str | None,
-                 solver: str, threads: int) -> None:
+                 solver: str, threads: int, incremental: bool = True) -> None:
         self.spec, self.solver = spec, solver
         self.threads = threads  # what the largest products may use
+        self.incremental = incremental
         keys = {m.key for g in spec.groups.values() for m in g.members if use_key(m.key)}
         a = float_state({k: state_a[k] for k in keys}, device)
         self.b = float_state({k: state_b[k] for k in keys}, device)
@@ -100,59 +129,107 @@ class _Matcher:
             for m in g.members:
                 if m.key in keys:
                     by_key.setdefault(m.key, []).append((n, m))
-        # each tensor's objective term is read from one plain member's block (its "owner")
-        owner = {k: next(((n, m) for n, m in e if m.is_plain), None) for k, e in by_key.items()}
-        self.loose_keys = [k for k, o in owner.items() if o is None]  # no plain member
         self.blocks: dict[str, list[_Block]] = {}
         self.a_rows: dict[str, torch.Tensor] = {}  # (n, D) per group
         self.b_rows: dict[str, torch.Tensor] = {}  # (n, D) per group, refreshed when stale
-        self.owned_cols: dict[str, int] = {}  # owner blocks come first: columns [0, owned)
+        self.sim: dict[str, torch.Tensor | None] = {}  # (n, n) float64, or None
+        self.applied: dict[tuple[str, int], torch.Tensor] = {}  # other's perm in a block
         self.stale: dict[str, set[int]] = {}
         self.dependents: dict[str, list[tuple[str, int]]] = {n: [] for n in spec.groups}
         self.current: dict[str, bool] = {}  # similarity unchanged since the last solve
         for n, g in spec.groups.items():
-            members = [m for m in g.members if m.key in keys]
-            members.sort(key=lambda m, n=n: owner[m.key] != (n, m))  # owners first (stable)
             blocks, parts, col = [], [], 0
-            for m in members:
+            for m in (m for m in g.members if m.key in keys):
                 rows = unit_rows(a[m.key], m, g.size)  # (n, d)
                 others = tuple(e for e in by_key[m.key] if e != (n, m))
-                blocks.append(_Block(m.key, m, slice(col, col + rows.shape[1]), others))
+                blocks.append(_Block(m.key, m, slice(col, col + rows.shape[1]), others,
+                                     _block_shape(a[m.key], m, others)))
                 for q in {q for q, _ in others}:
                     self.dependents[q].append((n, len(blocks) - 1))
                 parts.append(rows)
                 col += rows.shape[1]
             self.blocks[n] = blocks
-            self.owned_cols[n] = sum(b.cols.stop - b.cols.start for b in blocks
-                                     if owner[b.key] == (n, b.member))
             self.a_rows[n] = (torch.cat(parts, 1) if parts
                               else torch.zeros(g.size, 0, device=where))
             self.b_rows[n] = torch.empty_like(self.a_rows[n])
+            self.sim[n] = None
             self.stale[n] = set(range(len(blocks)))
             self.current[n] = False
-        self.a_loose = {k: a[k] for k in self.loose_keys}
+        # sum <A, pi(B)> is linear in each group's permutation unless a group acts twice on
+        # one tensor; then accepted gains add up to the objective and no full pass is needed
+        self.linear = all(len({n for n, _ in e}) == len(e) for e in by_key.values())
+        self.a = a
+        self.value = self.full_objective()
         self.solves = 0
         self.time_similarity = 0.0
         self.time_solver = 0.0
 
+    def _rows4(self, rows: torch.Tensor, block: _Block) -> torch.Tensor:
+        """A block's columns of ``rows`` viewed as (n, pre, units, post)."""
+        return rows[:, block.cols].view(rows.shape[0], *block.shape4)
+
     def refresh(self, name: str) -> None:
-        """Re-gather the stale column blocks of group ``name``'s B matrix."""
+        """Re-gather group ``name``'s stale blocks, updating its cached similarity if cheaper."""
+        if not self.stale[name]:
+            return
         size = self.spec.groups[name].size
         rows = self.b_rows[name]
-        for i in sorted(self.stale[name]):
+        stale = sorted(self.stale[name])
+        self.stale[name].clear()
+        moved: dict[int, torch.Tensor] = {}  # block -> indices of the other group's units
+        if self.incremental and self.sim[name] is not None:
+            for i in stale:
+                block = self.blocks[name][i]
+                if block.shape4 is None:
+                    break
+                other = block.others[0][0]
+                moved[i] = (self.applied[(name, i)] != self.perm[other]).nonzero().flatten()
+            else:
+                touched = sum(len(idx) * b.shape4[0] * b.shape4[2] for i, idx in moved.items()
+                              for b in [self.blocks[name][i]])
+                if touched <= INCREMENTAL_SHARE * rows.shape[1]:
+                    self._update(name, moved)
+                    return
+        self.sim[name] = None
+        for i in stale:
             block = self.blocks[name][i]
             rows[:, block.cols] = permuted_rows(self.b[block.key], block.member, size,
                                                 block.others, self.perm)
-        self.stale[name].clear()
+            if block.shape4 is not None:
+                self.applied[(name, i)] = self.perm[block.others[0][0]]
+
+    def _update(self, name: str, moved: dict[int, torch.Tensor]) -> None:
+        """Write the moved units' new columns and add their change to the cached similarity."""
+        a_parts, d_parts = [], []
+        for i, idx in moved.items():
+            block = self.blocks[name][i]
+            other, member = block.others[0]
+            self.applied[(name, i)] = self.perm[other]
+            if len(idx) == 0:
+                continue
+            b4 = self._rows4(self.b_rows[name], block)  # (n, pre, units, post) view
+            view = self.b[block.key].movedim(block.member.axis, 0)
+            axis = member.axis + 1 if member.axis < block.member.axis else member.axis
+            new = torch.index_select(view, axis, self.perm[other][idx]).reshape(
+                b4.shape[0], block.shape4[0], len(idx), block.shape4[2])
+            d_parts.append((new - b4.index_select(2, idx)).reshape(b4.shape[0], -1))
+            a_parts.append(self._rows4(self.a_rows[name], block).index_select(2, idx)
+                           .reshape(b4.shape[0], -1))
+            b4.index_copy_(2, idx, new)
+        if a_parts:
+            a, d = torch.cat(a_parts, 1), torch.cat(d_parts, 1)  # (n, k) each
+            with torch_threads(threads_for(2.0 * a.shape[0] ** 2 * a.shape[1], self.threads)):
+                self.sim[name] += (a @ d.T).double()
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
         start = time.perf_counter()
         self.refresh(name)
-        a, b = self.a_rows[name], self.b_rows[name]  # (n, D) each
-        with torch_threads(threads_for(2.0 * a.shape[0] ** 2 * a.shape[1], self.threads)):
-            sim = a @ b.T  # (n, n)
-        out = sim.cpu().numpy().astype(np.float64)
+        if self.sim[name] is None:
+            a, b = self.a_rows[name], self.b_rows[name]  # (n, D) each
+            with torch_threads(threads_for(2.0 * a.shape[0] ** 2 * a.shape[1], self.threads)):
+                self.sim[name] = (a @ b.T).double()  # (n, n)
+        out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
         return out
 
@@ -163,27 +240,24 @@ class _Matcher:
         self.solves += 1
         return result
 
-    def set_perm(self, name: str, new: torch.Tensor) -> None:
-        """Change group ``name``'s permutation and mark the blocks that depend on it stale."""
+    def set_perm(self, name: str, new: torch.Tensor, gain: float) -> None:
+        """Change group ``name``'s permutation (raising the objective by ``gain``) and mark
+        the blocks that depend on it stale."""
         self.perm[name] = new
+        self.value += gain
         for group, i in self.dependents[name]:
             self.stale[group].add(i)
             self.current[group] = False
 
     def objective(self) -> float:
-        """Sum over matched tensors of <A, pi(B)> (float64 accumulation)."""
-        total = torch.zeros((), dtype=torch.float64)
-        for name, owned in self.owned_cols.items():
-            if owned:
-                self.refresh(name)
-                b = self.b_rows[name][:, :owned].index_select(0, self.perm[name])  # (n, owned)
-                total += torch.sum(self.a_rows[name][:, :owned] * b, dtype=torch.float64).cpu()
-        if self.loose_keys:
-            permuted = apply_permutation(self.spec.restricted(set(self.loose_keys)), self.perm,
-                                         {k: self.b[k] for k in self.loose_keys})
-            for k in self.loose_keys:
-                total += torch.sum(self.a_loose[k] * permuted[k], dtype=torch.float64).cpu()
-        return float(total)
+        """Sum over matched tensors of <A, pi(B)>."""
+        return self.value if self.linear else self.full_objective()
+
+    def full_objective(self) -> float:
+        """Sum over matched tensors of <A, pi(B)>, computed from the tensors."""
+        permuted = apply_permutation(self.spec.restricted(set(self.b)), self.perm, self.b)
+        return float(sum(float(torch.dot(self.a[k].reshape(-1), permuted[k].reshape(-1)))
+                         for k in self.b))
 
 
 @register("weight")
@@ -251,7 +325,8 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                 old_value, new_value = sim[rows, old].sum(), sim[rows, new].sum()
                 if new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
                     progress = True
-                    matcher.set_perm(name, torch.as_tensor(new, device=matcher.perm[name].device))
+                    matcher.set_perm(name, torch.as_tensor(new, device=matcher.perm[name].device),
+                                     float(new_value - old_value))
             history.append(matcher.objective())
             if not progress:
                 converged = True
