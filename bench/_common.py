@@ -52,16 +52,21 @@ def emit(text: str, out: str | None) -> None:
 CACHE = Path(__file__).resolve().parent / ".cache"  # git-ignored: trained checkpoints
 
 
-def fmnist_mlp_pair(model_string: str = "mlp:depth=3,width=512", epochs: int = 5):
-    """(model, spec, state_a, state_b, data): two models trained on Fashion-MNIST (cached)."""
+def fmnist_mlp_pair(model_string: str = "mlp:depth=3,width=512", epochs: int = 5,
+                    train: int | None = None):
+    """(model, spec, state_a, state_b, data): two models (seeds 0, 1) trained on Fashion-MNIST
+    (its first ``train`` examples of a seeded shuffle, all by default), cached."""
     from permalign.data import load_dataset
     from permalign.io import load_state_dict, save_state_dict
     data = load_dataset("fashion-mnist")
+    if train:
+        data = data.subset(train=train)
     model, spec = resolve_model(model_string, data.input_shape, data.num_classes)
     states = []
     for seed in (0, 1):
         stem = model_string.replace(":", "-").replace(",", "-").replace("=", "")
-        path = CACHE / f"{stem}-fmnist-e{epochs}-s{seed}.pt"
+        subset = f"-n{train}" if train else ""
+        path = CACHE / f"{stem}-fmnist{subset}-e{epochs}-s{seed}.pt"
         if not path.exists():
             CACHE.mkdir(parents=True, exist_ok=True)
             state = train_from_seed(model_string, data, TrainConfig(epochs=epochs, seed=seed),

@@ -121,3 +121,25 @@ def test_one_pass_repair_equals_sequential(trained, digits, name):
         assert any(not torch.allclose(got[k], lerp_state(a, aligned_b, lam)[k])
                    for k in got if got[k].is_floating_point())
     assert fast.passes == 2 and slow.passes == 2 * len(slow.sites)
+
+
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "resnet20:width=1,norm=ln"])
+def test_one_pass_curve_equals_point_by_point(trained, digits, name):
+    """All lambdas in one data pass give the per-point curve's numbers."""
+    model, spec, a = trained(name, 0, 3)
+    _, _, b = trained(name, 1, 3)
+    data = digits.subset(train=400, test=200)
+    fast = interpolation_curve(model, a, b, data, points=7, vectorize=True, batch_size=512)
+    slow = interpolation_curve(model, a, b, data, points=7, vectorize=False)
+    for metric in ("train_loss", "test_loss"):
+        assert getattr(fast, metric) == pytest.approx(getattr(slow, metric), rel=1e-5, abs=1e-6)
+    for metric, n in (("train_acc", 400), ("test_acc", 200)):  # an argmax tie may flip
+        assert all(abs(f - s) <= 1 / n for f, s in zip(getattr(fast, metric),
+                                                        getattr(slow, metric)))
+    assert max(slow.test_loss) > slow.test_loss[0]  # a real curve, not a constant
+
+
+def test_one_pass_curve_refuses_bn_reset(trained, digits):
+    model, spec, a = trained("vgg11:width=0.25,norm=bn", 0)
+    with pytest.raises(ValueError, match="cannot share a data pass"):
+        interpolation_curve(model, a, a, digits, points=3, vectorize=True)

@@ -190,3 +190,26 @@ def test_structured_members_match_reference():
         assert same_perm(fast.perm, slow.perm)
         assert fast.history[-1] == pytest.approx(matching_objective(spec, a, b, fast.perm),
                                                  rel=1e-5)
+
+
+def test_auto_solver_picks_by_size(monkeypatch):
+    import numpy as np
+    from permalign import lap
+    monkeypatch.setattr(lap, "has_lapjv", lambda: True)
+    assert lap.choose(64) == "scipy" and lap.choose(lap.LAPJV_FROM) == "lap"
+    monkeypatch.setattr(lap, "has_lapjv", lambda: False)
+    assert lap.choose(10 ** 5) == "scipy"
+    sim = np.random.default_rng(0).standard_normal((30, 30))
+    assert np.array_equal(lap.solve(sim, "auto"), lap.solve(sim, "scipy"))
+
+
+def test_optional_lapjv_reaches_the_optimum():
+    import numpy as np
+    pytest.importorskip("lap")
+    from permalign import lap
+    rng = np.random.default_rng(1)
+    for n in (5, 50, 300):
+        sim = rng.standard_normal((n, 40)) @ rng.standard_normal((40, n))
+        rows = np.arange(n)
+        assert sim[rows, lap.solve(sim, "lap")].sum() == pytest.approx(
+            sim[rows, lap.solve(sim, "scipy")].sum(), rel=1e-12)

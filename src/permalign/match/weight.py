@@ -264,13 +264,14 @@ class _Matcher:
 def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     state_b: Mapping[str, torch.Tensor], *, seed: int = 0, max_iter: int = 100,
                     init: Permutation | None = None, device: torch.device | str | None = None,
-                    solver: str = "scipy", similarity_keys: Callable[[str], bool] | None = None,
+                    solver: str = "auto", similarity_keys: Callable[[str], bool] | None = None,
                     restarts: int = 0, **_: object) -> MatchResult:
     """Permutation of B's units that maximises sum <W_A, pi(W_B)> (paper Algorithm 1).
 
     Groups are visited in a fresh random order each sweep (seeded by ``seed``); the loop stops
     after a sweep with no improvement, or after ``max_iter`` sweeps. ``init`` is the starting
     permutation (identity if None). Products run on ``device`` (default: where state_a lives).
+    ``solver`` names the assignment solver (:func:`permalign.lap.solve`; ``auto`` by size).
     ``restarts`` > 0 also runs from that many random starting permutations and keeps the run
     with the highest objective (coordinate descent can stop in a local optimum).
     """
