@@ -141,7 +141,7 @@ def main() -> None:
     emit(f"## Assignment solvers on weight-matching similarities\n\nMachine: {machine()}\n\n"
          f"Load: before {load_before}; after {load_note()}\n\n"
          f"Command: `python bench/lap_solvers.py --sizes {args.sizes}` (best of 3 up to n = 2048, "
-         f"one run above; started {time.strftime('%Y-%m-%d %H:%M')})\n\n"
+         f"one run above; finished {time.strftime('%Y-%m-%d %H:%M')})\n\n"
          + table(header, rows) + note, args.out)
 
 

@@ -213,3 +213,30 @@ def test_optional_lapjv_reaches_the_optimum():
         rows = np.arange(n)
         assert sim[rows, lap.solve(sim, "lap")].sum() == pytest.approx(
             sim[rows, lap.solve(sim, "scipy")].sum(), rel=1e-12)
+
+
+def test_weight_matching_restores_the_thread_count():
+    model, spec, state = random_model("mlp:depth=2,width=64")
+    before = torch.get_num_threads()
+    b, truth = planted(spec, state, 1)
+    assert same_perm(weight_matching(spec, state, b).perm, truth)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "vgg11:width=0.125,norm=ln"])
+def test_incremental_similarity_changes_nothing(trained, name):
+    """Updating a similarity by the moved units' columns only changes float rounding (sums in
+    another order), which must not change the permutations found."""
+    from permalign.match.weight import _coordinate_descent
+    _, spec, a = trained(name, 0, 3)
+    _, _, b = trained(name, 1, 3)
+    options = dict(max_iter=100, init=None, device=None, solver="scipy", similarity_keys=None)
+    updates = 0
+    for seed in range(3):
+        fast = _coordinate_descent(spec, a, b, seed=seed, **options)
+        full = _coordinate_descent(spec, a, b, seed=seed, incremental=False, **options)
+        updates += fast.info["incremental_updates"]
+        assert full.info["incremental_updates"] == 0
+        assert same_perm(fast.perm, full.perm)
+        assert fast.history == pytest.approx(full.history, rel=1e-6)
+    assert updates > 0  # the incremental path was taken
