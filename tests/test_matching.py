@@ -240,3 +240,22 @@ def test_incremental_similarity_changes_nothing(trained, name):
         assert same_perm(fast.perm, full.perm)
         assert fast.history == pytest.approx(full.history, rel=1e-6)
     assert updates > 0  # the incremental path was taken
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    """Large products are split by rows over Python threads: the same bits as one thread."""
+    from permalign import threads
+    model, spec, a = random_model("vgg11:width=0.5,norm=ln", seed=0)
+    _, _, b = random_model("vgg11:width=0.5,norm=ln", seed=1)
+    before = torch.get_num_threads()
+    old = threads.PARALLEL_FLOPS
+    try:
+        threads.PARALLEL_FLOPS = 1e5  # split even these small products
+        torch.set_num_threads(1)
+        one = weight_matching(spec, a, b, seed=0)
+        torch.set_num_threads(3)
+        three = weight_matching(spec, a, b, seed=0)
+    finally:
+        threads.PARALLEL_FLOPS = old
+        torch.set_num_threads(before)
+    assert same_perm(one.perm, three.perm) and one.history == three.history

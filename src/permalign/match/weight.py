@@ -12,8 +12,8 @@ solving it again gives the same answer and no progress: it is skipped. This chan
 the search (tested against ``skip_unchanged=False``), and makes the final, confirming sweep
 nearly free.
 
-Small operations run on one torch thread (see :mod:`permalign.threads`); only products large
-enough to gain from it use every thread.
+Every operation runs on one torch thread; only products large enough to gain from it are split
+by rows over a few Python threads, which gives the same bits (see :mod:`permalign.threads`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .. import lap
 from ..errors import SpecError
 from ..spec import (Member, Permutation, PermutationSpec, apply_permutation,
                     identity_permutation, member_index, random_permutation)
-from ..threads import threads_for, torch_threads
+from ..threads import matmul_nt, torch_threads
 from .base import MatchResult, float_state, register
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -220,8 +220,7 @@ class _Matcher:
         self.updates += 1
         if a_parts:
             a, d = torch.cat(a_parts, 1), torch.cat(d_parts, 1)  # (n, k) each
-            with torch_threads(threads_for(2.0 * a.shape[0] ** 2 * a.shape[1], self.threads)):
-                self.sim[name] += (a @ d.T).double()
+            self.sim[name] += matmul_nt(a, d, self.threads).double()
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
@@ -229,8 +228,7 @@ class _Matcher:
         self.refresh(name)
         if self.sim[name] is None:
             a, b = self.a_rows[name], self.b_rows[name]  # (n, D) each
-            with torch_threads(threads_for(2.0 * a.shape[0] ** 2 * a.shape[1], self.threads)):
-                self.sim[name] = (a @ b.T).double()  # (n, n)
+            self.sim[name] = matmul_nt(a, b, self.threads).double()  # (n, n)
         out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
         return out
