@@ -105,22 +105,46 @@ def test_repair_bn_endpoint_outputs_unchanged(trained, digits):
 @pytest.mark.parametrize("name", ["resnet20:width=1,norm=bn", "resnet20:width=1,norm=ln",
                                   "mlp:depth=3,width=128"])
 def test_one_pass_repair_equals_sequential(trained, digits, name):
-    """REPAIR in one data pass gives the one-pass-per-site reference's weights."""
+    """REPAIR in one data pass gives the one-pass-per-site reference's model: the same weights
+    without BatchNorm, the same outputs with it (the reference resets BN statistics first,
+    which only moves the same per-channel affine map between buffers and weights)."""
+    import copy
+    from permalign.interpolation import has_batchnorm
     from permalign.repair import SequentialRepairer
     model, spec, a = trained(name, 0, 3)
     _, _, b = trained(name, 1, 3)
     aligned_b, _ = align("weight", spec, model, a, b)
     fast = Repairer(model, spec, a, aligned_b, digits.train_x, num_examples=600)
     slow = SequentialRepairer(model, spec, a, aligned_b, digits.train_x, num_examples=600)
+    x = digits.test_x[:300]
     for lam in (0.25, 0.5):
         got, want = fast(lam), slow(lam)
         assert set(got) == set(want)
-        for k in want:
-            assert torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-5), (lam, k)
-        # the repair really changed the interpolated weights
-        assert any(not torch.allclose(got[k], lerp_state(a, aligned_b, lam)[k])
-                   for k in got if got[k].is_floating_point())
+        outputs = []
+        for state in (got, want, lerp_state(a, aligned_b, lam)):
+            m = copy.deepcopy(model).eval()
+            m.load_state_dict(state)
+            with torch.no_grad():
+                outputs.append(m(x))
+        assert torch.allclose(outputs[0], outputs[1], rtol=1e-3, atol=1e-4), lam
+        assert not torch.allclose(outputs[0], outputs[2], rtol=1e-2, atol=1e-2)  # it repaired
+        if not has_batchnorm(model):
+            for k in want:
+                assert torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-5), (lam, k)
     assert fast.passes == 2 and slow.passes == 2 * len(slow.sites)
+
+
+def test_channel_moments_without_reshaping():
+    from permalign.stats import ChannelMoments
+    g = torch.Generator().manual_seed(0)
+    for shape, dim in [((7, 5, 3, 4), 1), ((9, 6), -1), ((4, 3, 5), 2)]:
+        x = torch.randn(*shape, generator=g) * 3 + 1
+        rows, direct = ChannelMoments(), ChannelMoments()
+        rows.update(x.movedim(dim, -1).reshape(-1, x.shape[dim]))
+        direct.update_channels(x, dim)
+        assert direct.count == rows.count
+        assert torch.allclose(direct.mean, rows.mean, atol=1e-6)
+        assert torch.allclose(direct.std, rows.std, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "resnet20:width=1,norm=ln"])
