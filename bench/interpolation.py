@@ -24,9 +24,13 @@ def main() -> None:
     parser.add_argument("--model", default="mlp:depth=3,width=512")
     parser.add_argument("--points", type=int, default=25)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval-train", type=int, help="evaluate on this many training "
+                        "examples (default: all 60,000)")
     parser.add_argument("--out")
     args = parser.parse_args()
     model, _, a, b, data = fmnist_mlp_pair(args.model)
+    if args.eval_train:
+        data = data.subset(train=args.eval_train)
     load_before = load_note()
     times, curves = {}, {}
     for vectorize in (False, True, False, True):  # interleaved, best of 2
@@ -48,7 +52,9 @@ def main() -> None:
     emit(f"## Interpolation curve: one pass per point vs all points in one pass "
          f"({args.device})\n\nMachine: {machine()}\n\nLoad: before {load_before}; after "
          f"{load_note()}\n\nCommand: `python bench/interpolation.py --model {args.model} "
-         f"--points {args.points} --device {args.device}` (best of 2, interleaved)\n\n"
+         f"--points {args.points} --device {args.device}"
+         + (f" --eval-train {args.eval_train}" if args.eval_train else "")
+         + "` (best of 2, interleaved)\n\n"
          + table(["model", "dataset", "examples", "points", "per-point s", "one-pass s",
                   "speed-up", "max |loss diff|", "max |acc diff|"], rows), args.out)
 
