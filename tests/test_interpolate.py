@@ -100,3 +100,70 @@ def test_repair_bn_endpoint_outputs_unchanged(trained, digits):
     repaired = evaluate_state(model, repairer(0.0), digits, bn_reset=False)
     assert repaired["test_acc"] == pytest.approx(plain["test_acc"], abs=0.01)
     assert repaired["test_loss"] == pytest.approx(plain["test_loss"], rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["resnet20:width=1,norm=bn", "resnet20:width=1,norm=ln",
+                                  "mlp:depth=3,width=128"])
+def test_one_pass_repair_equals_sequential(trained, digits, name):
+    """REPAIR in one data pass gives the one-pass-per-site reference's model: the same weights
+    without BatchNorm, the same outputs with it (the reference resets BN statistics first,
+    which only moves the same per-channel affine map between buffers and weights)."""
+    import copy
+    from permalign.interpolation import has_batchnorm
+    from permalign.repair import SequentialRepairer
+    model, spec, a = trained(name, 0, 3)
+    _, _, b = trained(name, 1, 3)
+    aligned_b, _ = align("weight", spec, model, a, b)
+    fast = Repairer(model, spec, a, aligned_b, digits.train_x, num_examples=600)
+    slow = SequentialRepairer(model, spec, a, aligned_b, digits.train_x, num_examples=600)
+    x = digits.test_x[:300]
+    for lam in (0.25, 0.5):
+        got, want = fast(lam), slow(lam)
+        assert set(got) == set(want)
+        outputs = []
+        for state in (got, want, lerp_state(a, aligned_b, lam)):
+            m = copy.deepcopy(model).eval()
+            m.load_state_dict(state)
+            with torch.no_grad():
+                outputs.append(m(x))
+        assert torch.allclose(outputs[0], outputs[1], rtol=1e-3, atol=1e-4), lam
+        assert not torch.allclose(outputs[0], outputs[2], rtol=1e-2, atol=1e-2)  # it repaired
+        if not has_batchnorm(model):
+            for k in want:
+                assert torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-5), (lam, k)
+    assert fast.passes == 2 and slow.passes == 2 * len(slow.sites)
+
+
+def test_channel_moments_without_reshaping():
+    from permalign.stats import ChannelMoments
+    g = torch.Generator().manual_seed(0)
+    for shape, dim in [((7, 5, 3, 4), 1), ((9, 6), -1), ((4, 3, 5), 2)]:
+        x = torch.randn(*shape, generator=g) * 3 + 1
+        rows, direct = ChannelMoments(), ChannelMoments()
+        rows.update(x.movedim(dim, -1).reshape(-1, x.shape[dim]))
+        direct.update_channels(x, dim)
+        assert direct.count == rows.count
+        assert torch.allclose(direct.mean, rows.mean, atol=1e-6)
+        assert torch.allclose(direct.std, rows.std, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "resnet20:width=1,norm=ln"])
+def test_one_pass_curve_equals_point_by_point(trained, digits, name):
+    """All lambdas in one data pass give the per-point curve's numbers."""
+    model, spec, a = trained(name, 0, 3)
+    _, _, b = trained(name, 1, 3)
+    data = digits.subset(train=400, test=200)
+    fast = interpolation_curve(model, a, b, data, points=7, vectorize=True, batch_size=512)
+    slow = interpolation_curve(model, a, b, data, points=7, vectorize=False)
+    for metric in ("train_loss", "test_loss"):
+        assert getattr(fast, metric) == pytest.approx(getattr(slow, metric), rel=1e-5, abs=1e-6)
+    for metric, n in (("train_acc", 400), ("test_acc", 200)):  # an argmax tie may flip
+        assert all(abs(f - s) <= 1 / n for f, s in zip(getattr(fast, metric),
+                                                        getattr(slow, metric)))
+    assert max(slow.test_loss) > slow.test_loss[0]  # a real curve, not a constant
+
+
+def test_one_pass_curve_refuses_bn_reset(trained, digits):
+    model, spec, a = trained("vgg11:width=0.25,norm=bn", 0)
+    with pytest.raises(ValueError, match="cannot share a data pass"):
+        interpolation_curve(model, a, a, digits, points=3, vectorize=True)

@@ -176,3 +176,114 @@ def test_restarts_keep_the_best_objective():
     best = weight_matching(spec, state, b, restarts=6)
     assert best.history[-1] >= plain.history[-1] - 1e-9
     assert best.info["restarts"] == 6
+
+
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "resnet20:width=1,norm=ln",
+                                  "vgg11:width=0.125,norm=bn"])
+def test_skipping_unchanged_groups_changes_nothing(trained, name):
+    """Groups whose neighbours did not move since their last solve are skipped: same search."""
+    from permalign.match.weight import _coordinate_descent
+    _, spec, a = trained(name, 0, 3)
+    _, _, b = trained(name, 1, 3)
+    options = dict(max_iter=100, init=None, device=None, solver="scipy", similarity_keys=None)
+    for seed in range(3):
+        fast = _coordinate_descent(spec, a, b, seed=seed, **options)
+        full = _coordinate_descent(spec, a, b, seed=seed, skip_unchanged=False, **options)
+        assert same_perm(fast.perm, full.perm)
+        assert fast.history == full.history
+        assert fast.info["skipped"] > 0 and full.info["skipped"] == 0
+        assert fast.info["solves"] + fast.info["skipped"] == full.info["solves"]
+
+
+def test_structured_members_match_reference():
+    """Blocks with offset/outer/inner (flatten, concatenation) give Algorithm 1's answer."""
+    from permalign.match.reference import weight_matching_reference
+    from permalign.match.weight import matching_objective
+    from permalign.spec import Member, PermutationSpec
+    g = torch.Generator().manual_seed(0)
+    spec = PermutationSpec()
+    spec.add_group("c", 6, [Member("conv.weight", 0), Member("conv.bias", 0),
+                            Member("fc.weight", 1, inner=4, partial=True),
+                            Member("mix.weight", 0, offset=0, partial=True)])
+    spec.add_group("d", 5, [Member("fc.weight", 0), Member("fc.bias", 0),
+                            Member("mix.weight", 0, offset=6, partial=True),
+                            Member("out.weight", 1)])
+    shapes = {"conv.weight": (6, 3, 3, 3), "conv.bias": (6,), "fc.weight": (5, 24),
+              "fc.bias": (5,), "mix.weight": (11, 7), "out.weight": (2, 5)}
+    for trial in range(5):
+        a = {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
+        b = {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
+        fast = weight_matching(spec, a, b, seed=trial)
+        slow = weight_matching_reference(spec, a, b, seed=trial)
+        assert same_perm(fast.perm, slow.perm)
+        assert fast.history[-1] == pytest.approx(matching_objective(spec, a, b, fast.perm),
+                                                 rel=1e-5)
+
+
+def test_auto_solver_picks_by_size(monkeypatch):
+    import numpy as np
+    from permalign import lap
+    monkeypatch.setattr(lap, "has_lapjv", lambda: True)
+    assert lap.choose(64) == "scipy" and lap.choose(lap.LAPJV_FROM) == "lap"
+    monkeypatch.setattr(lap, "has_lapjv", lambda: False)
+    assert lap.choose(10 ** 5) == "scipy"
+    sim = np.random.default_rng(0).standard_normal((30, 30))
+    assert np.array_equal(lap.solve(sim, "auto"), lap.solve(sim, "scipy"))
+
+
+def test_optional_lapjv_reaches_the_optimum():
+    import numpy as np
+    pytest.importorskip("lap")
+    from permalign import lap
+    rng = np.random.default_rng(1)
+    for n in (5, 50, 300):
+        sim = rng.standard_normal((n, 40)) @ rng.standard_normal((40, n))
+        rows = np.arange(n)
+        assert sim[rows, lap.solve(sim, "lap")].sum() == pytest.approx(
+            sim[rows, lap.solve(sim, "scipy")].sum(), rel=1e-12)
+
+
+def test_weight_matching_restores_the_thread_count():
+    model, spec, state = random_model("mlp:depth=2,width=64")
+    before = torch.get_num_threads()
+    b, truth = planted(spec, state, 1)
+    assert same_perm(weight_matching(spec, state, b).perm, truth)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "vgg11:width=0.125,norm=ln"])
+def test_incremental_similarity_changes_nothing(trained, name):
+    """Updating a similarity by the moved units' columns only changes float rounding (sums in
+    another order), which must not change the permutations found."""
+    from permalign.match.weight import _coordinate_descent
+    _, spec, a = trained(name, 0, 3)
+    _, _, b = trained(name, 1, 3)
+    options = dict(max_iter=100, init=None, device=None, solver="scipy", similarity_keys=None)
+    updates = 0
+    for seed in range(3):
+        fast = _coordinate_descent(spec, a, b, seed=seed, **options)
+        full = _coordinate_descent(spec, a, b, seed=seed, incremental=False, **options)
+        updates += fast.info["incremental_updates"]
+        assert full.info["incremental_updates"] == 0
+        assert same_perm(fast.perm, full.perm)
+        assert fast.history == pytest.approx(full.history, rel=1e-6)
+    assert updates > 0  # the incremental path was taken
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    """Large products are split by rows over Python threads: the same bits as one thread."""
+    from permalign import threads
+    model, spec, a = random_model("vgg11:width=0.5,norm=ln", seed=0)
+    _, _, b = random_model("vgg11:width=0.5,norm=ln", seed=1)
+    before = torch.get_num_threads()
+    old = threads.PARALLEL_FLOPS
+    try:
+        threads.PARALLEL_FLOPS = 1e5  # split even these small products
+        torch.set_num_threads(1)
+        one = weight_matching(spec, a, b, seed=0)
+        torch.set_num_threads(3)
+        three = weight_matching(spec, a, b, seed=0)
+    finally:
+        threads.PARALLEL_FLOPS = old
+        torch.set_num_threads(before)
+    assert same_perm(one.perm, three.perm) and one.history == three.history

@@ -6,7 +6,6 @@ import pickle
 import re
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 

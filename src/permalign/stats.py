@@ -1,6 +1,8 @@
 """Streaming first and second moments in float64, without holding all samples."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -14,12 +16,27 @@ class ChannelMoments:
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach()  # (samples, n)
+        self._add(x.sum(0, dtype=torch.float64), (x * x).sum(0, dtype=torch.float64),
+                  x.shape[0])
+
+    def update_channels(self, x: torch.Tensor, dim: int) -> None:
+        """Add a tensor whose axis ``dim`` holds the channels; every other position is a
+        sample. Sums run over the positions after the channel axis in x's dtype (short,
+        contiguous runs: a spatial map), then over the rest in float64; no reshaped copy."""
+        x = x.detach()
+        dim = dim % x.dim()
+        x3 = x.reshape(math.prod(x.shape[:dim]), x.shape[dim], math.prod(x.shape[dim + 1:]))
+        total = x3.sum(2).double().sum(0)  # (pre, C, post) -> (C,)
+        total_sq = torch.linalg.vector_norm(x3, dim=2).double().square().sum(0)
+        self._add(total, total_sq, x3.shape[0] * x3.shape[2])
+
+    def _add(self, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> None:
         if self.total is None:
-            self.total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            self.total_sq = torch.zeros_like(self.total)
-        self.total += x.sum(0, dtype=torch.float64)
-        self.total_sq += (x * x).sum(0, dtype=torch.float64)
-        self.count += x.shape[0]
+            self.total = torch.zeros_like(total)
+            self.total_sq = torch.zeros_like(total)
+        self.total += total
+        self.total_sq += total_sq
+        self.count += count
 
     @property
     def mean(self) -> torch.Tensor:

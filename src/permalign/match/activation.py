@@ -105,7 +105,7 @@ def activation_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                         state_b: Mapping[str, torch.Tensor], *, model: nn.Module | None = None,
                         data: Dataset | None = None, cost: str = "correlation",
                         num_examples: int | None = None, batch_size: int = 256,
-                        device: torch.device | str = "cpu", solver: str = "scipy",
+                        device: torch.device | str = "cpu", solver: str = "auto",
                         progress: bool = False) -> MatchResult:
     """Permutation of B's units maximising the correlation (or cross-moment) of activations.
 

@@ -182,4 +182,6 @@ def get_method(name: str) -> Method:
 def solver_option() -> Option:
     """The assignment-solver option most methods share."""
     from ..lap import SOLVERS
-    return Option("solver", str, "scipy", "linear-assignment solver", choices=tuple(SOLVERS))
+    return Option("solver", str, "auto", "linear-assignment solver (auto: LAPJV from the "
+                  "optional lap package for large groups, else SciPy)",
+                  choices=("auto", *SOLVERS))

@@ -59,7 +59,7 @@ def random_start(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
 
 @start("sorted")
 def sorted_start(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
-                 state_b: Mapping[str, torch.Tensor], *, solver: str = "scipy",
+                 state_b: Mapping[str, torch.Tensor], *, solver: str = "auto",
                  similarity_keys: Callable[[str], bool] | None = None, **_: Any
                  ) -> Permutation:
     """One assignment per group on the similarity of sorted weight rows."""
@@ -73,7 +73,7 @@ def sorted_start(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
 def activation_start(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                      state_b: Mapping[str, torch.Tensor], *, model: torch.nn.Module | None = None,
                      inputs: tuple | None = None, input_kwargs: dict | None = None,
-                     solver: str = "scipy", **_: Any) -> Permutation:
+                     solver: str = "auto", **_: Any) -> Permutation:
     """One assignment per group on the correlation of its units' activations on ``inputs``."""
     if model is None or inputs is None:
         raise PermalignError("the activation start needs the model and example inputs")

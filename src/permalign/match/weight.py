@@ -1,15 +1,25 @@
 """Weight matching (Git Re-Basin Algorithm 1): coordinate descent over permutation groups.
 
 For group p the similarity is ``S = sum over members (key, axis) of A_rows @ B_rows.T``, with
-model B's other axes already permuted. Instead of rebuilding permuted copies of B each time, a
-running copy of B with *every* group's current permutation applied is kept; for group p the
-columns of ``A_rows @ B_cur_rows.T`` are then un-permuted by p's own permutation, which is the
-same matrix. After a group's permutation changes only that group's tensors are re-gathered.
+model B's other axes already permuted. Each group keeps two matrices of shape ``(n, D)``: A's
+rows of every member side by side (built once), and B's rows with the *other* groups'
+permutations applied (its own axis in B's original order), so S is one product. When a group's
+permutation changes, only the column blocks of its neighbours' B matrices that hold a tensor it
+touches are marked stale; they are re-gathered when that neighbour is next solved.
+
+A group none of whose blocks went stale since its last solve has the same similarity as then, so
+solving it again gives the same answer and no progress: it is skipped. This changes nothing in
+the search (tested against ``skip_unchanged=False``), and makes the final, confirming sweep
+nearly free.
+
+Every operation runs on one torch thread; only products large enough to gain from it are split
+by rows over a few Python threads, which gives the same bits (see :mod:`permalign.threads`).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,51 +29,194 @@ from .. import lap
 from ..errors import SpecError
 from ..permutation import (apply_permutation, identity_permutation, member_index,
                            random_permutation, unit_view)
-from ..spec import Permutation, PermutationSpec
+from ..spec import Member, Permutation, PermutationSpec
 from ..statedict import float_state
+from ..threads import matmul_nt, torch_threads
 from .base import MatchResult, Option, default_similarity_key, register, solver_option
 from .init import run_from_starts
 
 
+Others = tuple[tuple[str, Member], ...]
+
+
+def permuted_rows(tensor: torch.Tensor, member: Member, size: int, others: Others,
+                  perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``unit_view`` of ``tensor`` after the ``others``' permutations, ``(size, rest)``.
+
+    Plain members gather on the moved view, so the result comes out contiguous in one copy.
+    """
+    if member.is_plain and all(m.is_plain and m.axis != member.axis for _, m in others):
+        t = tensor.movedim(member.axis, 0)  # (size, *rest): a view
+        for name, m in others:
+            axis = m.axis + 1 if m.axis < member.axis else m.axis  # its place in the view
+            t = torch.index_select(t, axis, perm[name])
+        return t.reshape(size, -1)
+    t = tensor
+    for name, m in others:
+        t = torch.index_select(t, m.axis, member_index(m, t.shape[m.axis], perm[name]))
+    return unit_view(t, member, size)
+
+
+# An incremental update of a cached similarity pays while it touches fewer columns than this
+# share of the group's matrices; above it the product is recomputed from scratch.
+INCREMENTAL_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One member of a group: its columns in the group's matrices, the members it depends on.
+
+    ``shape4`` is set when exactly one other plain member acts on the tensor (the usual
+    weight between two groups): the block's columns then view as ``(pre, units, post)`` over
+    that member's units, and a change of a few of them updates the similarity incrementally.
+    """
+
+    key: str
+    member: Member
+    cols: slice
+    others: Others  # every other (group, member) acting on the same tensor
+    shape4: tuple[int, int, int] | None = None  # (pre, units of the other group, post)
+
+
+def _block_shape(tensor: torch.Tensor, member: Member, others: Others
+                 ) -> tuple[int, int, int] | None:
+    if len(others) != 1 or not member.is_plain or not others[0][1].is_plain:
+        return None
+    other = others[0][1]
+    if other.axis == member.axis:
+        return None
+    rest = list(tensor.movedim(member.axis, 0).shape[1:])
+    axis = (other.axis + 1 if other.axis < member.axis else other.axis) - 1  # place in rest
+    pre = int(np.prod(rest[:axis])) if axis else 1
+    return pre, rest[axis], int(np.prod(rest[axis + 1:])) if axis + 1 < len(rest) else 1
 
 
 class _Matcher:
-    """State of one weight-matching run: A's rows, B with the current permutation, timers."""
+    """State of one weight-matching run: per-group row matrices, staleness, timers.
+
+    ``sim[g]`` caches group g's similarity (float64) from its last solve; stale blocks whose
+    other group moved only a few units update it by ``A_cols @ (B_new - B_old)_cols.T``.
+    """
 
     def __init__(self, spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                  state_b: Mapping[str, torch.Tensor], perm: Permutation,
                  use_key: Callable[[str], bool], device: torch.device | str | None,
-                 solver: str) -> None:
+                 solver: str, threads: int, incremental: bool = True) -> None:
         self.spec, self.solver = spec, solver
+        self.threads = threads  # what the largest products may use
+        self.incremental = incremental
         keys = {m.key for g in spec.groups.values() for m in g.members if use_key(m.key)}
-        self.a = float_state({k: state_a[k] for k in keys}, device)
-        b = float_state({k: state_b[k] for k in keys}, device)
-        self.perm = {n: torch.as_tensor(p, dtype=torch.long, device=next(iter(b.values())).device
-                                        if b else None) for n, p in perm.items()}
-        self.members = {n: [m for m in g.members if m.key in keys] for n, g in spec.groups.items()}
-        # B with every group's current permutation applied, on every axis
-        self.b_cur = apply_permutation(spec.restricted(keys), self.perm, b)
-        # A's rows never change: build them once
-        self.a_rows = {(n, i): unit_view(self.a[m.key], m, spec.groups[n].size)
-                       for n in spec.groups for i, m in enumerate(self.members[n])}
+        a = float_state({k: state_a[k] for k in keys}, device)
+        self.b = float_state({k: state_b[k] for k in keys}, device)
+        where = next(iter(self.b.values())).device if self.b else None
+        self.perm = {n: torch.as_tensor(p, dtype=torch.long, device=where)
+                     for n, p in perm.items()}
+        by_key: dict[str, list[tuple[str, Member]]] = {}
+        for n, g in spec.groups.items():
+            for m in g.members:
+                if m.key in keys:
+                    by_key.setdefault(m.key, []).append((n, m))
+        self.blocks: dict[str, list[_Block]] = {}
+        self.a_rows: dict[str, torch.Tensor] = {}  # (n, D) per group
+        self.b_rows: dict[str, torch.Tensor] = {}  # (n, D) per group, refreshed when stale
+        self.sim: dict[str, torch.Tensor | None] = {}  # (n, n) float64, or None
+        self.applied: dict[tuple[str, int], torch.Tensor] = {}  # other's perm in a block
+        self.stale: dict[str, set[int]] = {}
+        self.dependents: dict[str, list[tuple[str, int]]] = {n: [] for n in spec.groups}
+        self.current: dict[str, bool] = {}  # similarity unchanged since the last solve
+        for n, g in spec.groups.items():
+            blocks, parts, col = [], [], 0
+            for m in (m for m in g.members if m.key in keys):
+                rows = unit_view(a[m.key], m, g.size)  # (n, d)
+                others = tuple(e for e in by_key[m.key] if e != (n, m))
+                blocks.append(_Block(m.key, m, slice(col, col + rows.shape[1]), others,
+                                     _block_shape(a[m.key], m, others)))
+                for q in {q for q, _ in others}:
+                    self.dependents[q].append((n, len(blocks) - 1))
+                parts.append(rows)
+                col += rows.shape[1]
+            self.blocks[n] = blocks
+            self.a_rows[n] = (torch.cat(parts, 1) if parts
+                              else torch.zeros(g.size, 0, device=where))
+            self.b_rows[n] = torch.empty_like(self.a_rows[n])
+            self.sim[n] = None
+            self.stale[n] = set(range(len(blocks)))
+            self.current[n] = False
+        # sum <A, pi(B)> is linear in each group's permutation unless a group acts twice on
+        # one tensor; then accepted gains add up to the objective and no full pass is needed
+        self.linear = all(len({n for n, _ in e}) == len(e) for e in by_key.values())
+        self.a = a
+        self.value = self.full_objective()
+        self.solves = 0
+        self.updates = 0  # similarities brought up to date incrementally
         self.time_similarity = 0.0
         self.time_solver = 0.0
+
+    def _rows4(self, rows: torch.Tensor, block: _Block) -> torch.Tensor:
+        """A block's columns of ``rows`` viewed as (n, pre, units, post)."""
+        return rows[:, block.cols].view(rows.shape[0], *block.shape4)
+
+    def refresh(self, name: str) -> None:
+        """Re-gather group ``name``'s stale blocks, updating its cached similarity if cheaper."""
+        if not self.stale[name]:
+            return
+        size = self.spec.groups[name].size
+        rows = self.b_rows[name]
+        stale = sorted(self.stale[name])
+        self.stale[name].clear()
+        moved: dict[int, torch.Tensor] = {}  # block -> indices of the other group's units
+        if self.incremental and self.sim[name] is not None:
+            for i in stale:
+                block = self.blocks[name][i]
+                if block.shape4 is None:
+                    break
+                other = block.others[0][0]
+                moved[i] = (self.applied[(name, i)] != self.perm[other]).nonzero().flatten()
+            else:
+                touched = sum(len(idx) * b.shape4[0] * b.shape4[2] for i, idx in moved.items()
+                              for b in [self.blocks[name][i]])
+                if touched <= INCREMENTAL_SHARE * rows.shape[1]:
+                    self._update(name, moved)
+                    return
+        self.sim[name] = None
+        for i in stale:
+            block = self.blocks[name][i]
+            rows[:, block.cols] = permuted_rows(self.b[block.key], block.member, size,
+                                                block.others, self.perm)
+            if block.shape4 is not None:
+                self.applied[(name, i)] = self.perm[block.others[0][0]]
+
+    def _update(self, name: str, moved: dict[int, torch.Tensor]) -> None:
+        """Write the moved units' new columns and add their change to the cached similarity."""
+        a_parts, d_parts = [], []
+        for i, idx in moved.items():
+            block = self.blocks[name][i]
+            other, member = block.others[0]
+            self.applied[(name, i)] = self.perm[other]
+            if len(idx) == 0:
+                continue
+            b4 = self._rows4(self.b_rows[name], block)  # (n, pre, units, post) view
+            view = self.b[block.key].movedim(block.member.axis, 0)
+            axis = member.axis + 1 if member.axis < block.member.axis else member.axis
+            new = torch.index_select(view, axis, self.perm[other][idx]).reshape(
+                b4.shape[0], block.shape4[0], len(idx), block.shape4[2])
+            d_parts.append((new - b4.index_select(2, idx)).reshape(b4.shape[0], -1))
+            a_parts.append(self._rows4(self.a_rows[name], block).index_select(2, idx)
+                           .reshape(b4.shape[0], -1))
+            b4.index_copy_(2, idx, new)
+        self.updates += 1
+        if a_parts:
+            a, d = torch.cat(a_parts, 1), torch.cat(d_parts, 1)  # (n, k) each
+            self.sim[name] += matmul_nt(a, d, self.threads).double()
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
         start = time.perf_counter()
-        size = self.spec.groups[name].size
-        members = self.members[name]
-        if not members:
-            return np.zeros((size, size))
-        m_cur = None
-        for i, m in enumerate(members):
-            prod = self.a_rows[(name, i)] @ unit_view(self.b_cur[m.key], m, size).T  # (n, n)
-            m_cur = prod if m_cur is None else m_cur + prod
-        # column k of m_cur is B's unit perm[k]: put it back in B's original order
-        sim = torch.empty_like(m_cur)
-        sim[:, self.perm[name]] = m_cur
-        out = sim.double().cpu().numpy()
+        self.refresh(name)
+        if self.sim[name] is None:
+            a, b = self.a_rows[name], self.b_rows[name]  # (n, D) each
+            self.sim[name] = matmul_nt(a, b, self.threads).double()  # (n, n)
+        out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
         return out
 
@@ -71,28 +224,33 @@ class _Matcher:
         start = time.perf_counter()
         result = lap.solve(sim, self.solver)
         self.time_solver += time.perf_counter() - start
+        self.solves += 1
         return result
 
-    def set_perm(self, name: str, new: torch.Tensor) -> None:
-        """Change group ``name``'s permutation and re-gather only the tensors it touches."""
-        old = self.perm[name]
-        relative = torch.argsort(old)[new]  # B_cur[relative] == B permuted by `new`
-        for m in self.members[name]:
-            t = self.b_cur[m.key]
-            self.b_cur[m.key] = torch.index_select(
-                t, m.axis, member_index(m, t.shape[m.axis], relative))
+    def set_perm(self, name: str, new: torch.Tensor, gain: float) -> None:
+        """Change group ``name``'s permutation (raising the objective by ``gain``) and mark
+        the blocks that depend on it stale."""
         self.perm[name] = new
+        self.value += gain
+        for group, i in self.dependents[name]:
+            self.stale[group].add(i)
+            self.current[group] = False
 
     def objective(self) -> float:
         """Sum over matched tensors of <A, pi(B)>."""
-        return float(sum(float(torch.dot(self.a[k].reshape(-1), self.b_cur[k].reshape(-1)))
-                         for k in self.a))
+        return self.value if self.linear else self.full_objective()
+
+    def full_objective(self) -> float:
+        """Sum over matched tensors of <A, pi(B)>, computed from the tensors."""
+        permuted = apply_permutation(self.spec.restricted(set(self.b)), self.perm, self.b)
+        return float(sum(float(torch.dot(self.a[k].reshape(-1), permuted[k].reshape(-1)))
+                         for k in self.b))
 
 
 def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     state_b: Mapping[str, torch.Tensor], *, seed: int = 0, max_iter: int = 100,
                     init: Permutation | str | None = None,
-                    device: torch.device | str | None = None, solver: str = "scipy",
+                    device: torch.device | str | None = None, solver: str = "auto",
                     similarity_keys: Callable[[str], bool] | None = None, restarts: int = 0,
                     model: torch.nn.Module | None = None, inputs: tuple | None = None,
                     input_kwargs: dict | None = None) -> MatchResult:
@@ -103,8 +261,10 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     permutation (identity if None: the paper's Algorithm 1), or a start's name (``"identity"``,
     ``"sorted"``, ``"activation"``, ``"auto"``: see :mod:`permalign.match.init`; the
     activation start observes ``model`` on ``inputs``). Products run on ``device`` (default:
-    where state_a lives). ``restarts`` > 0 also runs from that many random starting
-    permutations and keeps the run with the highest objective.
+    where state_a lives). ``solver`` names the assignment solver (:func:`permalign.lap.solve`;
+    ``auto`` by size). ``restarts`` > 0 also runs from that many random starting permutations
+    and keeps the run with the highest objective (coordinate descent can stop in a local
+    optimum).
     """
     if isinstance(init, str):  # a named start: match/init.py runs it (and maybe others)
         return run_from_starts(lambda perm: weight_matching(
@@ -123,6 +283,17 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
         best = max(runs, key=lambda res: res.history[-1] if res.history else float("-inf"))
         best.info["restarts"] = restarts
         return best
+    return _coordinate_descent(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
+                               device=device, solver=solver, similarity_keys=similarity_keys)
+
+
+def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
+                        state_b: Mapping[str, torch.Tensor], *, seed: int, max_iter: int,
+                        init: Permutation | None, device: torch.device | str | None,
+                        solver: str, similarity_keys: Callable[[str], bool] | None,
+                        skip_unchanged: bool = True, incremental: bool = True) -> MatchResult:
+    """One run of Algorithm 1; ``skip_unchanged=False`` re-solves every group every sweep,
+    ``incremental=False`` recomputes every similarity from scratch (both for tests)."""
     start = time.perf_counter()
     spec.validate(state_a)
     spec.validate(state_b)
@@ -131,32 +302,41 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     spec.validate_permutation(perm)
     if device is None:
         device = next((v.device for v in state_a.values()), "cpu")
-    matcher = _Matcher(spec, state_a, state_b, perm, similarity_keys or default_similarity_key,
-                       device, solver)
     names = list(spec.groups)
     generator = torch.Generator().manual_seed(seed)
     history: list[float] = []
-    converged = False
-    for _ in range(max_iter):
-        progress = False
-        for idx in torch.randperm(len(names), generator=generator).tolist():
-            name = names[idx]
-            sim = matcher.similarity(name)
-            old = matcher.perm[name].cpu().numpy()
-            new = matcher.assign(sim)
-            rows = np.arange(len(new))
-            old_value, new_value = sim[rows, old].sum(), sim[rows, new].sum()
-            if new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
-                progress = True
-                matcher.set_perm(name, torch.as_tensor(new, device=matcher.perm[name].device))
-        history.append(matcher.objective())
-        if not progress:
-            converged = True
-            break
+    converged, skipped = False, 0
+    threads = torch.get_num_threads()
+    with torch_threads(1):  # small ops on one thread; large products ask for more
+        matcher = _Matcher(spec, state_a, state_b, perm,
+                           similarity_keys or default_similarity_key, device, solver, threads,
+                           incremental)
+        for _ in range(max_iter):
+            progress = False
+            for idx in torch.randperm(len(names), generator=generator).tolist():
+                name = names[idx]
+                if skip_unchanged and matcher.current[name]:
+                    skipped += 1  # same similarity as at its last solve: same answer
+                    continue
+                sim = matcher.similarity(name)
+                old = matcher.perm[name].cpu().numpy()
+                new = matcher.assign(sim)
+                matcher.current[name] = True
+                rows = np.arange(len(new))
+                old_value, new_value = sim[rows, old].sum(), sim[rows, new].sum()
+                if new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
+                    progress = True
+                    matcher.set_perm(name, torch.as_tensor(new, device=matcher.perm[name].device),
+                                     float(new_value - old_value))
+            history.append(matcher.objective())
+            if not progress:
+                converged = True
+                break
     if not all(np.isfinite(history)):
         raise SpecError("weight matching produced a non-finite objective; check the weights")
     total = time.perf_counter() - start
-    info = {"sweeps": len(history), "seed": seed, "solver": solver, "init": start_name}
+    info = {"sweeps": len(history), "seed": seed, "solver": solver, "init": start_name,
+            "solves": matcher.solves, "skipped": skipped, "incremental_updates": matcher.updates}
     if start_name == "identity":
         info["identity_objective"] = history[-1] if history else matcher.objective()
     return MatchResult(
@@ -191,7 +371,7 @@ def weight_method(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                   state_b: Mapping[str, torch.Tensor], *, init: str = "auto",
                   model: torch.nn.Module | None = None, data: Any = None, seed: int = 0,
                   device: torch.device | str | None = None, max_iter: int = 100,
-                  restarts: int = 0, start_examples: int = 256, solver: str = "scipy"
+                  restarts: int = 0, start_examples: int = 256, solver: str = "auto"
                   ) -> MatchResult:
     """Permutation of B's units maximising sum <W_A, pi(W_B)>, from the best of several starts.
 
