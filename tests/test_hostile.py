@@ -330,7 +330,7 @@ def test_c06_corrupt_cifar_gives_one_line(tmp_path, damage):
     write_cifar(tmp_path / "cifar", damage)
     code, _, err = run_cli("train", "--model", SMALL, "--dataset", "cifar10",
                            "--data-dir", tmp_path / "cifar", "--out", tmp_path / "m.pt")
-    assert refused(code, err, "cifar")
+    assert refused(code, err, str(tmp_path / "cifar"), "CIFAR" if damage != "labels" else "0..9")
     assert not (tmp_path / "m.pt").exists()
 
 

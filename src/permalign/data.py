@@ -229,8 +229,8 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
             batch = _RestrictedUnpickler(fh).load()
         x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
-    except DataError:
-        raise
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # a damaged pickle raises almost anything

@@ -213,6 +213,7 @@ class Transaction:
                 try:
                     os.makedirs(path)
                 except OSError as exc:
+                    shutil.rmtree(missing[-1], ignore_errors=True)  # whatever part was made
                     raise OutputError(os_error_message(path, exc, "create folder")) from None
                 self.created_dirs.append(missing[-1])
         return path
@@ -301,13 +302,15 @@ class Transaction:
         if st is None or not self.force:
             try:
                 _link_new(item.tmp, target)
+                item.tmp.unlink(missing_ok=True)
+                return None
             except FileExistsError:
-                raise OutputError(f"{path} was created by someone else while this command ran; "
-                                  "nothing was written (pass --force to overwrite it)") from None
+                if not self.force:
+                    raise OutputError(f"{path} was created by someone else while this command "
+                                      "ran; nothing was written (pass --force to overwrite it)"
+                                      ) from None
             except OSError as exc:
                 raise OutputError(os_error_message(path, exc)) from None
-            item.tmp.unlink(missing_ok=True)
-            return None
         backup = Path(f"{item.tmp}.old")
         try:
             os.link(target, backup)
@@ -378,13 +381,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------ the current transaction
-_STACK: list[Transaction] = []
+_LOCAL = threading.local()  # each thread has its own stack of open transactions
 WRITTEN: list[Path] = []  # every file committed in this process (the CLI clears it per run)
 
 
+def _stack() -> list[Transaction]:
+    if not hasattr(_LOCAL, "stack"):
+        _LOCAL.stack = []
+    return _LOCAL.stack
+
+
 def current() -> Transaction | None:
-    """The innermost open transaction, or None."""
-    return _STACK[-1] if _STACK else None
+    """The innermost open transaction of this thread, or None."""
+    stack = _stack()
+    return stack[-1] if stack else None
 
 
 @contextlib.contextmanager
@@ -396,11 +406,12 @@ def transaction(*, force: bool = False, join: bool = True) -> Iterator[Transacti
     one freely; ``join=False`` starts an independent one (e.g. one per experiment of
     ``experiment all``).
     """
-    if join and _STACK:
-        yield _STACK[-1]
+    stack = _stack()
+    if join and stack:
+        yield stack[-1]
         return
     txn = Transaction(force=force)
-    _STACK.append(txn)
+    stack.append(txn)
     try:
         yield txn
     except BaseException:
@@ -409,7 +420,7 @@ def transaction(*, force: bool = False, join: bool = True) -> Iterator[Transacti
     else:
         txn.commit()
     finally:
-        _STACK.remove(txn)
+        stack.remove(txn)
 
 
 def declare(path: str | Path | None, what: str) -> Path | None:

@@ -64,6 +64,9 @@ def model_io(args: argparse.Namespace, data: Dataset | None) -> tuple[tuple[int,
     if getattr(args, "num_classes", None) is not None:
         if args.num_classes < 1:
             raise PermalignError("--num-classes must be >= 1")
+        if data is not None and args.num_classes < data.num_classes:
+            raise PermalignError(f"--num-classes {args.num_classes} is fewer than the "
+                                 f"{data.num_classes} classes of {data.name}")
         classes = args.num_classes
     given = getattr(args, "input_shape", None)
     if given is not None:
@@ -101,12 +104,14 @@ def memory_errors(model_string: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def check_forward(model: nn.Module, model_string: str, shape: tuple[int, ...]) -> None:
-    """Run a user's model once on a batch of two inputs of ``shape``; one line if it fails."""
+def check_forward(model: nn.Module, model_string: str, shape: tuple[int, ...],
+                  classes: int) -> None:
+    """Run a user's model once on a batch of two inputs of ``shape``; one line if it fails or
+    gives fewer than ``classes`` outputs per example."""
     example = example_input(shape)
     was_training = model.training
     try:
-        model.eval()(example)
+        out = model.eval()(example)
     except Exception as exc:  # the user's code may raise anything
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise PermalignError(f"--model {model_string} fails on an input of shape "
@@ -114,6 +119,9 @@ def check_forward(model: nn.Module, model_string: str, shape: tuple[int, ...]) -
                              "give the shape it expects with --input-shape") from None
     finally:
         model.train(was_training)
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] < classes:
+        raise PermalignError(f"--model {model_string} gives {out.shape[1]} outputs per "
+                             f"example, fewer than the {classes} classes (see --num-classes)")
 
 
 def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path] = (),
@@ -137,7 +145,7 @@ def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path
         if is_factory(args.model) or not need_spec:
             model = build_model(args.model, shape, classes, seed=model_seed)
         if is_factory(args.model):  # a zoo model fits its shape by construction
-            check_forward(model, args.model, shape)
+            check_forward(model, args.model, shape, classes if need_data is True else 0)
         if need_spec:
             model, spec = resolve_model(args.model, shape, classes, seed=model_seed,
                                         infer=getattr(args, "infer", False),
