@@ -203,6 +203,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(f"== experiment {name} -> {out}", flush=True)
         with output.transaction(force=args.force, join=False) as txn:
             txn.make_dir(out, "--out")
+            for earlier in [out / "results.json", *sorted(out.glob("*.png"))]:
+                txn.declare(earlier, "--out")  # an earlier run's files: refused before work
             cfg = ExperimentConfig(out=out, scale=args.scale, dataset=args.dataset,
                                    data_dir=args.data_dir, seeds=args.seeds, device=device,
                                    progress=not args.quiet, force=args.force)
