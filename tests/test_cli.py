@@ -93,8 +93,13 @@ def test_spec_command(tmp_path, capsys):
 
 
 class Evil:
+    """A pickle that would create ``marker`` if anything ever ran its code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /tmp/permalign-pwned",))
+        return (os.system, (f"echo pwned > {self.marker}",))
 
 
 def bad_files(tmp_path, checkpoints):
@@ -110,7 +115,7 @@ def bad_files(tmp_path, checkpoints):
     files["text file"] = tmp_path / "text.pt"
     files["text file"].write_text("hello")
     files["pickle with code"] = tmp_path / "evil.pt"
-    torch.save({"x": Evil()}, files["pickle with code"])
+    torch.save({"x": Evil(tmp_path / "pwned")}, files["pickle with code"])
     files["plain pickle"] = tmp_path / "plain.pt"
     files["plain pickle"].write_bytes(pickle.dumps({"a": 1}))
     files["NaN weights"] = tmp_path / "nan.pt"
@@ -139,7 +144,7 @@ def test_bad_checkpoints_give_one_line_errors(checkpoints, tmp_path, capsys):
         assert "Traceback" not in err
         assert not out.exists(), what
         assert not any(p.name.startswith(".out-") for p in tmp_path.iterdir()), what
-    assert not os.path.exists("/tmp/permalign-pwned")
+    assert not (tmp_path / "pwned").exists()  # private to this test: no stale file can fail it
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -149,7 +154,7 @@ def test_bad_checkpoints_give_one_line_errors(checkpoints, tmp_path, capsys):
     (["train", "--model", MLP, "--dataset", "mnist", "--data-dir", "/nonexistent",
       "--out", "X"], "not found"),
     (["train", "--model", MLP, "--device", "tpu", "--out", "X"], "unknown device"),
-    (["interpolate", "A", "B", "--model", MLP, "--points", "1"], "at least 2"),
+    (["interpolate", "A", "B", "--model", MLP, "--points", "1"], "must be >= 2"),
     (["spec", "--model", "resnet20", "--input-shape", "64"], "C,H,W"),
     (["align", "A", "B", "--model", MLP, "--method", "magic", "--out", "X"], "invalid choice"),
 ])

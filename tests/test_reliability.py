@@ -92,7 +92,7 @@ def factory():
 """
 
 
-def wait_for(path, proc, timeout: float = 120.0) -> None:
+def wait_for(path, proc, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert proc.poll() is None, proc.communicate()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import pickle
 import re
@@ -61,8 +62,43 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
     add("other architecture", "other.pt", lambda p: save_state_dict(
         build_model("resnet20:width=1,norm=bn", (1, 8, 8), 10).state_dict(), p))
     add("corrupt safetensors", "bad.safetensors", lambda p: p.write_bytes(b"\x10" + b"\0" * 7))
+    add("integer weights", "int.pt", lambda p: torch.save(
+        {k: v.to(torch.int32) for k, v in good.items()}, p))
+    add("float8 weights", "fp8.pt", lambda p: torch.save(
+        {k: v.to(torch.float8_e4m3fn) for k, v in good.items()}, p))
+    add("sparse tensors", "sparse.pt", lambda p: torch.save(
+        {k: v.to_sparse() for k, v in good.items()}, p))
+    add("a directory", "folder.pt", lambda p: p.mkdir())
+    add("a FIFO (named pipe)", "pipe.pt", os.mkfifo)
     files["file does not exist"] = folder / "absent.pt"
     return files
+
+
+FACTORY = """
+import torch
+def build():
+    raise ValueError("no weights today")
+class Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(64, 16), torch.nn.Linear(16, 10)
+    def forward(self, x):
+        h = self.a(x.flatten(1))
+        return self.b(h * 2 if h.sum() > 0 else h)
+def branchy():
+    return Branchy()
+"""
+
+
+def one_sided_spec(folder: Path) -> Path:
+    """MODEL's spec without the next layer's input axis: shapes fit, outputs change."""
+    from permalign.models import resolve_model
+    spec = resolve_model(MODEL, (1, 8, 8), 10)[1].to_json()
+    for group in spec["groups"].values():
+        group["members"] = [m for m in group["members"] if m != ["layers.1.weight", 1]]
+    path = folder / "one-sided.json"
+    path.write_text(json.dumps(spec))
+    return path
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
@@ -94,10 +130,40 @@ def rows(folder: Path) -> list[tuple[str, int, str]]:
                                         "--out", str(good)]),
         ("CUDA asked for, not present", ["align", str(good), str(good), "--model", MODEL,
                                          "--device", "cuda", "--out", str(folder / "y.pt")]),
+        ("output is a directory (even with --force)",
+         ["align", str(good), str(good), "--model", MODEL, "--out", str(folder), "--force"]),
+        ("output in a missing folder", ["align", str(good), str(good), "--model", MODEL,
+                                        "--out", str(folder / "nowhere" / "x.pt")]),
+        ("output file name too long (NAME: 300 x)", ["align", str(good), str(good), "--model", MODEL,
+                                       "--out", str(folder / ("x" * 300))]),
+        ("one file for two outputs", ["align", str(good), str(good), "--model", MODEL,
+                                      "--out", str(folder / "z"), "--perm-out",
+                                      str(folder / "z")]),
+        ("spec that changes the outputs", ["align", str(good), str(good), "--model", MODEL,
+                                           "--spec", str(one_sided_spec(folder)),
+                                           "--out", str(folder / "x.pt")]),
+        ("unknown model family", ["spec", "--model", "transformer:depth=2"]),
+        ("model option given twice", ["spec", "--model", "mlp:depth=2,depth=3"]),
+        ("model factory that raises", ["spec", "--model", "broken_factory:build"]),
+        ("model factory that cannot trace", ["spec", "--model", "broken_factory:branchy"]),
+        ("absurd --points", ["interpolate", str(good), str(good), "--model", MODEL,
+                             "--points", "1000000000"]),
+        ("infinite learning rate", ["train", "--model", MODEL, "--lr", "inf",
+                                    "--out", str(folder / "t.pt")]),
+        ("training that diverges", ["train", "--model", MODEL, "--lr", "1e30", "--epochs", "1",
+                                    "--out", str(folder / "t.pt")]),
+        ("unsupported device", ["train", "--model", MODEL, "--device", "meta",
+                                "--out", str(folder / "t.pt")]),
     ]
-    for name, argv in cases:
-        code, err = run_cli(argv)
-        message = err.strip().replace(str(folder), "DIR")
+    (folder / "broken_factory.py").write_text(FACTORY)
+    cwd = os.getcwd()
+    os.chdir(folder)  # factories are imported from the current directory
+    try:
+        results = [(name, *run_cli(argv)) for name, argv in cases]
+    finally:
+        os.chdir(cwd)
+    for name, code, err in results:
+        message = err.strip().replace(str(folder), "DIR").replace("x" * 300, "NAME")
         message = re.sub(r"/usr/share/datasets/[\w-]+", "/usr/share/datasets/NAME", message)
         out.append((name, code, message))
     return out

@@ -172,9 +172,15 @@ def load_idx_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
             arrays = {k: read_idx(p) for k, p in paths.items()}  # type: ignore[arg-type]
             train_x = torch.tensor(arrays["train_x"], dtype=torch.float32).unsqueeze(1) / 255
             test_x = torch.tensor(arrays["test_x"], dtype=torch.float32).unsqueeze(1) / 255
+            train_y = torch.tensor(arrays["train_y"], dtype=torch.long).reshape(-1)
+            test_y = torch.tensor(arrays["test_y"], dtype=torch.long).reshape(-1)
+            if len(train_x) != len(train_y) or len(test_x) != len(test_y) or train_x.dim() != 4:
+                raise DataError(f"the IDX files in {directory} do not match: images "
+                                f"{tuple(train_x.shape)}, {tuple(test_x.shape)} vs labels "
+                                f"{len(train_y)}, {len(test_y)}")
+            _check_labels(directory, train_y, test_y, 10)
             train_x, test_x = _standardise(train_x, test_x)
-            return Dataset(name, train_x, torch.tensor(arrays["train_y"], dtype=torch.long),
-                           test_x, torch.tensor(arrays["test_y"], dtype=torch.long), 10)
+            return Dataset(name, train_x, train_y, test_x, test_y, 10)
     raise DataError(f"{name} not found (looked in {', '.join(map(str, dirs))}); "
                     f"{HOW_TO_GET[name]}")
 
@@ -194,17 +200,45 @@ def load_cifar(name: str, data_dir: str | Path | None = None) -> Dataset:
             def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
                 xs, ys = [], []
                 for f in files:
-                    with open(directory / f, "rb") as fh:
-                        batch = _RestrictedUnpickler(fh).load()
-                    xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                    ys.append(np.asarray(batch[label_key], dtype=np.int64))
+                    x, y = _read_cifar_batch(directory / f, label_key)
+                    xs.append(x)
+                    ys.append(y)
                 return (torch.tensor(np.concatenate(xs), dtype=torch.float32) / 255,
                         torch.tensor(np.concatenate(ys)))
             (tx, ty), (vx, vy) = read(train_files), read(test_files)
+            classes = 10 if name == "cifar10" else 100
+            _check_labels(directory, ty, vy, classes)
             tx, vx = _standardise(tx, vx)
-            return Dataset(name, tx, ty, vx, vy, 10 if name == "cifar10" else 100)
+            return Dataset(name, tx, ty, vx, vy, classes)
     raise DataError(f"{name} not found (looked in {', '.join(map(str, dirs))}); "
                     f"{HOW_TO_GET[name]}")
+
+
+def _check_labels(directory: Path, train_y: torch.Tensor, test_y: torch.Tensor,
+                  classes: int) -> None:
+    for y in (train_y, test_y):
+        if len(y) == 0 or int(y.min()) < 0 or int(y.max()) >= classes:
+            raise DataError(f"the labels in {directory} are not all in 0..{classes - 1} "
+                            "(or a split is empty); the files are damaged")
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) of one CIFAR pickle batch, or a DataError."""
+    try:
+        with open(path, "rb") as fh:
+            batch = _RestrictedUnpickler(fh).load()
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # a damaged pickle raises almost anything
+        raise DataError(f"{path} is not a CIFAR python batch ({type(exc).__name__}); "
+                        "extract the data set again") from None
+    if len(x) != len(y):
+        raise DataError(f"{path} holds {len(x)} images but {len(y)} labels")
+    return x, y
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -16,3 +16,11 @@ class CheckpointError(PermalignError):
 
 class DataError(PermalignError):
     """A data set that cannot be found or read."""
+
+
+class OutputError(PermalignError):
+    """An output file that cannot be written (not a regular file, exists, OS error)."""
+
+
+class TrainingError(PermalignError):
+    """Training that cannot go on (the loss became NaN or infinite)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,10 +16,14 @@ from .permutation import check_spec
 from .spec import PermutationSpec
 
 
+_FACTORY = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
+
+
 def is_factory(model_string: str) -> bool:
-    """``package.module:function`` (anything whose part before ':' is not a zoo family)."""
+    """``package.module:function`` whose module is not a zoo family (``mlp:depth=3`` and
+    ``transformer:depth=2`` are zoo strings: options, not a function name)."""
     head = model_string.partition(":")[0].lower()
-    return ":" in model_string and head not in zoo.FAMILIES and "=" not in head
+    return bool(_FACTORY.fullmatch(model_string.strip())) and head not in zoo.FAMILIES
 
 
 def load_factory(model_string: str) -> nn.Module:
@@ -30,15 +35,28 @@ def load_factory(model_string: str) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise PermalignError(f"cannot import {module_name!r} for --model {model_string!r} "
-                             f"({exc})") from None
+                             f"({_one_line(exc)})") from None
+    except Exception as exc:  # the user's module may raise anything while it loads
+        raise PermalignError(f"importing {module_name!r} for --model {model_string!r} failed: "
+                             f"{type(exc).__name__}: {_one_line(exc)}") from None
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise PermalignError(f"{module_name} has no function {function_name!r}")
-    model = factory()
+    try:
+        model = factory()
+    except PermalignError:
+        raise
+    except Exception as exc:
+        raise PermalignError(f"--model {model_string}: {function_name}() raised "
+                             f"{type(exc).__name__}: {_one_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise PermalignError(f"{model_string} returned {type(model).__name__}, not a "
                              "torch.nn.Module")
     return model
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def build_model(model_string: str, input_shape: tuple[int, ...], num_classes: int, *,

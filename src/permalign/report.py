@@ -37,7 +37,7 @@ def result_folders(dirs: list[Path]) -> list[Path]:
 def _load(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise PermalignError(f"{path} is not valid JSON ({exc})") from None
     except OSError as exc:
         raise PermalignError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -45,9 +45,19 @@ def _load(path: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("experiment"), str) or \
             not isinstance(record.get("claim"), str) or (table is not None and not (
                 isinstance(table, dict) and isinstance(table.get("columns"), list)
-                and isinstance(table.get("rows"), list))):
+                and isinstance(table.get("rows"), list)
+                and all(isinstance(row, list) for row in table["rows"]))):
         raise PermalignError(f"{path} is not a permalign experiment result (it needs "
                              "'experiment', 'claim' and a 'table' of columns and rows)")
+    kinds = {"plots": list, "provenance": dict, "setup": dict, "verdict": dict}
+    for key, kind in kinds.items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise PermalignError(f"{path}: '{key}' must be a JSON "
+                                 f"{'list' if kind is list else 'object'}")
+    if not all(isinstance(p, str) for p in record.get("plots") or []):
+        raise PermalignError(f"{path}: 'plots' must list file names")
+    if not isinstance((record.get("provenance") or {}).get("versions", {}), dict):
+        raise PermalignError(f"{path}: 'provenance.versions' must be a JSON object")
     return record
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, batches
-from .errors import PermalignError
+from .errors import PermalignError, TrainingError
 
 # Sensible defaults per data set (epochs, learning rate for Adam)
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 5, "mnist": 5, "cifar10": 30, "cifar100": 30}
@@ -53,8 +53,9 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *,
     Shuffling is seeded by ``cfg.seed`` so the same seed gives the same model on the CPU.
     ``on_epoch(epoch, model)`` is called after each epoch (for checkpoints along training).
     """
-    if cfg.epochs < 0:
-        raise PermalignError("epochs must be >= 0")
+    if cfg.epochs < 0 or cfg.batch_size < 1 or not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise PermalignError(f"training needs epochs >= 0, batch_size >= 1 and a finite lr > 0 "
+                             f"(got {cfg.epochs}, {cfg.batch_size}, {cfg.lr})")
     model.to(device).train()
     x, y = data.train_x.to(device), data.train_y.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -77,6 +78,12 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *,
             running += loss.detach()
             bar.update(1)
         losses.append(float(running) / steps_per_epoch)
+        if not math.isfinite(losses[-1]) or (epoch + 1 == cfg.epochs and not all(
+                bool(torch.isfinite(p).all()) for p in model.parameters())):
+            bar.close()
+            what = "loss" if not math.isfinite(losses[-1]) else "weights"
+            raise TrainingError(f"training diverged: the {what} became NaN or infinite in "
+                                f"epoch {epoch + 1} (try a learning rate below {cfg.lr:g})")
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_epoch is not None:
             on_epoch(epoch + 1, model)

@@ -1,12 +1,10 @@
-"""The ``permalign`` command: parser (:mod:`.parser`), input resolution (:mod:`.inputs`) and
-sub-commands (:mod:`.commands`)."""
+"""The ``permalign`` command: parser (:mod:`.parser`), input resolution (:mod:`.inputs`),
+sub-commands (:mod:`.commands`) and how a run ends (:mod:`.run`)."""
 from __future__ import annotations
 
-import sys
-
-from ..errors import PermalignError
 from .commands import COMMANDS
 from .parser import build_parser as _build_parser
+from .run import run_command
 
 
 def build_parser():
@@ -15,20 +13,14 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; user errors print one line and return 2, Ctrl-C returns 130."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except PermalignError as exc:
-        print(f"permalign: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("permalign: interrupted; no output was written", file=sys.stderr)
-        return 130
+    """Run one command. Exit codes: 0 done; 2 a user error (one line on stderr, nothing
+    written); 130, 143, 129 interrupted by Ctrl-C, SIGTERM, SIGHUP (nothing written)."""
+    args = build_parser().parse_args(argv)
+    return run_command(args)
 
 
 def entry_point() -> None:
+    import sys
     sys.exit(main())
 
 

@@ -1,4 +1,9 @@
-"""The ``permalign`` sub-commands: each resolves its inputs once and calls the library."""
+"""The ``permalign`` sub-commands: each resolves its inputs once and calls the library.
+
+Every command runs inside one output transaction (:mod:`.run`): it declares the files it will
+write first (``output.declare``: checked before any work), and everything it writes through
+:mod:`permalign.io` appears together when it returns, or not at all.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import zoo
+from .. import output, zoo
 from ..data import canonical_name, load_dataset
 from ..errors import PermalignError
 from ..evaluate import evaluate
 from ..interpolation import interpolation_curve
-from ..io import atomic_write_text, check_writable, save_state_dict
+from ..io import atomic_write_text, save_state_dict
 from ..match import METHODS, get_method
 from ..merge import merge_many
 from ..models import resolve_model
@@ -54,14 +59,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     zoo.parse_model_string(args.model)
     data = load_dataset(args.dataset, args.data_dir)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path, plot_path = out / "results.json", out / "interpolation.png"
-    for path in (results_path, plot_path):
-        check_writable(path, force=args.force)
+    out = output.make_dir(args.out, "--out")
+    results_path = output.declare(out / "results.json", "--out")
+    plot_path = output.declare(out / "interpolation.png", "--out")
     if args.train_subset:
         data = data.subset(train=args.train_subset)
-    epochs = args.epochs or DEFAULT_EPOCHS[canonical_name(args.dataset)]
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[canonical_name(
+        args.dataset)]
     states = []
     for seed in (args.seed_a, args.seed_b):
         print(f"training {args.model} on {data.name} from seed {seed} ({epochs} epochs)",
@@ -90,12 +94,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     plot_curves(comparison.curves, plot_path, force=args.force,
                 title=f"{args.model} on {data.name}: naive vs weight-matched")
     _write_json(results_path, results, force=args.force)
-    print(f"wrote {results_path} and {plot_path}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    check_writable(args.out, force=args.force)
+    output.declare(args.out, "--out")
     inputs = resolve_inputs(args, need_data=True, need_spec=False, model_seed=args.seed)
     data, model = inputs.data, inputs.model
     if args.train_subset:
@@ -107,15 +110,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_model(model, data, cfg, device=inputs.device, progress=not args.quiet)
     loss, acc = evaluate(model, data.test_x.to(inputs.device), data.test_y.to(inputs.device))
     save_state_dict(model.state_dict(), args.out, force=args.force)
-    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}; wrote {args.out}")
+    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}")
     return 0
 
 
 def cmd_align(args: argparse.Namespace) -> int:
     started = time.time()
-    check_writable(args.out, force=args.force)
-    if args.perm_out:
-        check_writable(args.perm_out, force=args.force)
+    output.declare(args.out, "--out")
+    output.declare(args.perm_out, "--perm-out")
     options = _method_options(args)
     inputs = resolve_inputs(args, checkpoints=[args.a, args.b],
                             need_data=get_method(args.method).needs_data_for(options))
@@ -130,18 +132,15 @@ def cmd_align(args: argparse.Namespace) -> int:
                                           started=started)
         _write_json(args.perm_out, record, force=args.force)
     start = f" from the {result.info['init']} start" if "init" in result.info else ""
-    print(f"{args.method} matching{start}: {len(result.history)} steps, objective "
-          f"{result.history[-1] if result.history else float('nan'):.6g}; wrote {args.out}")
+    objective = f"{result.history[-1]:.6g}" if result.history else "not computed"
+    print(f"{args.method} matching{start}: {len(result.history)} steps, objective {objective}")
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     started = time.time()
-    for path in (args.out, args.plot):
-        if path:
-            check_writable(path, force=args.force)
-    if args.points < 2:
-        raise PermalignError("--points must be at least 2")
+    output.declare(args.out, "--out")
+    output.declare(args.plot, "--plot")
     inputs = resolve_inputs(args, checkpoints=[args.a, args.b], need_data=True,
                             need_spec=args.repair)
     data = inputs.data
@@ -164,8 +163,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
-    if args.out:
-        check_writable(args.out, force=args.force)
+    output.declare(args.out, "--out")
     inputs = resolve_inputs(args)
     print(inputs.spec.describe())
     if args.out:
@@ -175,7 +173,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    check_writable(args.out, force=args.force)
+    output.declare(args.out, "--out")
     if len(args.checkpoints) < 2:
         raise PermalignError("merge needs at least two checkpoints")
     inputs = resolve_inputs(args, checkpoints=args.checkpoints,
@@ -186,45 +184,47 @@ def cmd_merge(args: argparse.Namespace) -> int:
     save_state_dict(result.merged, args.out, force=args.force)
     print(f"merged {len(inputs.states)} models in {result.rounds} rounds "
           f"({'converged' if result.converged else 'not converged'}"
-          f"{', BatchNorm statistics re-estimated' if result.bn_reset else ''}); "
-          f"wrote {args.out}")
+          f"{', BatchNorm statistics re-estimated' if result.bn_reset else ''})")
     return 0
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    """Each experiment commits its own outputs (an ``all`` run keeps the finished ones)."""
     from ..experiments import REGISTRY, ExperimentConfig, run_experiment
     names = list(REGISTRY) if args.name == "all" else [args.name]
     if args.name != "all" and args.name not in REGISTRY:
         raise PermalignError(f"unknown experiment {args.name!r}; use one of "
                              f"{', '.join(REGISTRY)} or all")
-    if args.seeds is not None and args.seeds < 1:
-        raise PermalignError("--seeds must be >= 1")
     device = parse_device(args.device)
+    if args.dataset is not None:
+        canonical_name(args.dataset)
     root = Path(args.out or ("results" if args.scale == "full" else f"results-{args.scale}"))
     for name in names:
         out = root / name if args.name == "all" or args.out is None else root
         print(f"== experiment {name} -> {out}", flush=True)
-        cfg = ExperimentConfig(out=out, scale=args.scale, dataset=args.dataset,
-                               data_dir=args.data_dir, seeds=args.seeds, device=device,
-                               progress=not args.quiet, force=args.force)
-        path = run_experiment(name, cfg)
+        with output.transaction(force=args.force, join=False) as txn:
+            txn.make_dir(out, "--out")
+            for earlier in [out / "results.json", *sorted(out.glob("*.png"))]:
+                txn.declare(earlier, "--out")  # an earlier run's files: refused before work
+            cfg = ExperimentConfig(out=out, scale=args.scale, dataset=args.dataset,
+                                   data_dir=args.data_dir, seeds=args.seeds, device=device,
+                                   progress=not args.quiet, force=args.force)
+            path = run_experiment(name, cfg)
         record = json.loads(path.read_text())
         tbl = record.get("table")
         if tbl:
             print(" | ".join(tbl["columns"]))
             for row in tbl["rows"]:
                 print(" | ".join(str(c) for c in row))
-        print(f"wrote {path}")
+        print(f"wrote {', '.join(map(str, txn.committed))}", flush=True)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import render_report
-    out = Path(args.out)
-    check_writable(out, force=args.force)
+    out = output.declare(args.out, "--out")
     text = render_report([Path(d) for d in args.dirs], out)
     atomic_write_text(out, text, force=args.force)
-    print(f"wrote {out}")
     return 0
 
 

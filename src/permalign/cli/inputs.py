@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import contextlib
+import io
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +12,9 @@ import torch
 from torch import nn
 
 from ..data import DATASET_SHAPES, Dataset, canonical_name, load_dataset
-from ..errors import PermalignError
-from ..io import load_checkpoint_for
-from ..models import build_model, resolve_model
+from ..errors import PermalignError, SpecError
+from ..io import check_input_file, load_checkpoint_for
+from ..models import build_model, example_input, is_factory, resolve_model
 from ..spec import PermutationSpec
 
 
@@ -41,6 +43,10 @@ def parse_device(name: str) -> torch.device:
         raise PermalignError(f"device {name!r} is not supported; use cpu, cuda or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PermalignError("--device cuda given but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise PermalignError(f"--device {name}: there are only {torch.cuda.device_count()} "
+                             "CUDA devices (cuda:0 ...)")
     return device
 
 
@@ -58,6 +64,9 @@ def model_io(args: argparse.Namespace, data: Dataset | None) -> tuple[tuple[int,
     if getattr(args, "num_classes", None) is not None:
         if args.num_classes < 1:
             raise PermalignError("--num-classes must be >= 1")
+        if data is not None and args.num_classes < data.num_classes:
+            raise PermalignError(f"--num-classes {args.num_classes} is fewer than the "
+                                 f"{data.num_classes} classes of {data.name}")
         classes = args.num_classes
     given = getattr(args, "input_shape", None)
     if given is not None:
@@ -67,6 +76,52 @@ def model_io(args: argparse.Namespace, data: Dataset | None) -> tuple[tuple[int,
                                  f"{data.name}'s {','.join(map(str, shape))}")
         shape = tuple(given)
     return shape, classes
+
+
+@contextlib.contextmanager
+def library_output(verbose: bool) -> Iterator[None]:
+    """Without ``verbose``, what libraries print to stderr while a model is built and traced
+    (torch.export prints partial graphs on failure) is dropped: our error says what failed."""
+    if verbose:
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+@contextlib.contextmanager
+def memory_errors(model_string: str) -> Iterator[None]:
+    """Out of memory while building a model: one line instead of a traceback."""
+    try:
+        yield
+    except MemoryError:
+        raise PermalignError(f"not enough memory to build --model {model_string}") from None
+    except RuntimeError as exc:
+        if "alloc" not in str(exc).lower():
+            raise
+        raise PermalignError(f"not enough memory to build --model {model_string} "
+                             f"({str(exc).splitlines()[0][:200]})") from None
+
+
+@torch.no_grad()
+def check_forward(model: nn.Module, model_string: str, shape: tuple[int, ...],
+                  classes: int) -> None:
+    """Run a user's model once on a batch of two inputs of ``shape``; one line if it fails or
+    gives fewer than ``classes`` outputs per example."""
+    example = example_input(shape)
+    was_training = model.training
+    try:
+        out = model.eval()(example)
+    except Exception as exc:  # the user's code may raise anything
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise PermalignError(f"--model {model_string} fails on an input of shape "
+                             f"{','.join(map(str, shape))} ({type(exc).__name__}: {first}); "
+                             "give the shape it expects with --input-shape") from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] < classes:
+        raise PermalignError(f"--model {model_string} gives {out.shape[1]} outputs per "
+                             f"example, fewer than the {classes} classes (see --num-classes)")
 
 
 def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path] = (),
@@ -81,14 +136,21 @@ def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path
     device = parse_device(args.device)
     data = load_data(args) if need_data is True else None
     shape, classes = model_io(args, data)
+    spec_path = getattr(args, "spec", None)
+    if spec_path is not None:
+        check_input_file(spec_path, "--spec", SpecError)
     spec = None
-    if need_spec:
-        model, spec = resolve_model(args.model, shape, classes, seed=model_seed,
-                                    infer=getattr(args, "infer", False),
-                                    spec_path=getattr(args, "spec", None),
-                                    check=not getattr(args, "no_spec_check", False))
-    else:
-        model = build_model(args.model, shape, classes, seed=model_seed)
+    with library_output(getattr(args, "verbose", False)), memory_errors(args.model):
+        model = None
+        if is_factory(args.model) or not need_spec:
+            model = build_model(args.model, shape, classes, seed=model_seed)
+        if is_factory(args.model):  # a zoo model fits its shape by construction
+            check_forward(model, args.model, shape, classes if need_data is True else 0)
+        if need_spec:
+            model, spec = resolve_model(args.model, shape, classes, seed=model_seed,
+                                        infer=getattr(args, "infer", False),
+                                        spec_path=spec_path,
+                                        check=not getattr(args, "no_spec_check", False))
     if callable(need_data) and need_data(model):
         data = load_data(args)
         model_io(args, data)  # the data must fit the model built from --dataset's shape

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 from ..interpolation import DEFAULT_POINTS
@@ -33,8 +34,41 @@ class Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ value types
+MAX_POINTS = 1000  # interpolation points (each one evaluates the model on both splits)
+MAX_SEED = 2**32 - 1  # every seed must also seed NumPy
+MAX_EPOCHS = 100_000
+MAX_CLASSES = 100_000
+MAX_INPUT_ELEMENTS = 2**24  # one example; the spec check and tracing build a batch of two
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer within ``[minimum, maximum]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
+        return value
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def input_shape(text: str) -> tuple[int, ...]:
-    """``1,28,28`` (or ``1x28x28``) as a tuple of positive integers."""
+    """``1,28,28`` (or ``1x28x28``) as a tuple of positive integers of bounded size."""
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
     except ValueError:
@@ -42,7 +76,14 @@ def input_shape(text: str) -> tuple[int, ...]:
                                          ) from None
     if not shape or min(shape) <= 0:
         raise argparse.ArgumentTypeError(f"input shape {text!r} must be positive integers")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} has {math.prod(shape)} "
+                                         f"elements; at most {MAX_INPUT_ELEMENTS} are supported")
     return shape
+
+
+SEED = integer(0, MAX_SEED)
+COUNT = integer(1)  # sizes of subsets, batches
 
 
 # ------------------------------------------------------------------ shared options
@@ -60,7 +101,7 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
     add_data_args(p)
     p.add_argument("--input-shape", type=input_shape, help="model input shape, e.g. 1,28,28 "
                    "(default: the data set's)")
-    p.add_argument("--num-classes", type=int,
+    p.add_argument("--num-classes", type=integer(1, MAX_CLASSES),
                    help="number of classes (default: the data set's)")
     add_device_arg(p)
 
@@ -73,12 +114,17 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") ->
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if available)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, or auto (cuda if available)")
+
+
+FORCE_HELP = ("overwrite existing output files (without it an existing file is never "
+              "touched; with it or without, outputs appear together or not at all)")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
@@ -101,71 +147,93 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------ the parser
+VERBOSE_HELP = ("show the libraries' logs, warnings and diagnostics (torch.export's graph dumps, "
+                "transformers' warnings); off by default")
+
+
 def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     """The full parser; ``commands`` maps sub-command names to their functions."""
     from .. import __version__
     parser = Parser(prog="permalign", description="Align and merge neural networks modulo "
-                    "permutation symmetries (Git Re-Basin).")
-    parser.add_argument("--version", action="version", version=f"permalign {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+                    "permutation symmetries (Git Re-Basin).",
+                    epilog="Exit codes: 0 done; 2 bad input (one line on stderr, nothing "
+                    "written); 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (nothing "
+                    "written).")
+    parser.add_argument("--version", action="version", version=f"permalign {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                metavar="COMMAND", title="commands")
 
-    p = sub.add_parser("demo", help="train two MLPs, align them, show the barriers")
+    p = sub.add_parser("demo", help="train two MLPs, align them, show the barriers",
+                       description="Train two models from different seeds, align B to A with "
+                       "weight matching, and write results.json and interpolation.png.")
     add_data_args(p)
     p.add_argument("--model", default="mlp:depth=3,width=512",
                    help="zoo model string to train twice and align")
     p.add_argument("--out", default="permalign-demo",
-                   help="output folder for results.json and interpolation.png")
-    p.add_argument("--epochs", type=int, help="training epochs (default: per data set)")
-    p.add_argument("--train-subset", type=int, help="train on this many examples (default all)")
-    p.add_argument("--points", type=int, default=DEFAULT_POINTS,
-                   help="points on each interpolation curve")
-    p.add_argument("--seed-a", type=int, default=0, help="seed of model A")
-    p.add_argument("--seed-b", type=int, default=1, help="seed of model B")
-    p.add_argument("--seed", type=int, default=0, help="seed of the matching")
+                   help="output folder for results.json and interpolation.png (created if "
+                   "missing)")
+    p.add_argument("--epochs", type=integer(0, MAX_EPOCHS),
+                   help="training epochs (default: per data set)")
+    p.add_argument("--train-subset", type=COUNT,
+                   help="train on this many examples (default: all)")
+    p.add_argument("--points", type=integer(2, MAX_POINTS), default=DEFAULT_POINTS,
+                   help=f"points on each interpolation curve (2 to {MAX_POINTS})")
+    p.add_argument("--seed-a", type=SEED, default=0, help="seed of model A")
+    p.add_argument("--seed-b", type=SEED, default=1, help="seed of model B")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the matching")
     add_device_arg(p)
     add_output_args(p)
 
     p = sub.add_parser("train", help="train a model from a seed and save its state dict")
     add_model_args(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batches")
-    p.add_argument("--epochs", type=int, help="training epochs (default: per data set)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
-    p.add_argument("--batch-size", type=int, default=128, help="minibatch size")
-    p.add_argument("--train-subset", type=int, help="train on this many examples (default all)")
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="seed of the initial weights and of the batch order")
+    p.add_argument("--epochs", type=integer(0, MAX_EPOCHS),
+                   help="training epochs (default: per data set)")
+    p.add_argument("--lr", type=positive_number, default=1e-3,
+                   help="peak learning rate (warm-up, then cosine decay)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                   help="optimiser (sgd: Nesterov momentum 0.9)")
+    p.add_argument("--batch-size", type=COUNT, default=128, help="minibatch size")
+    p.add_argument("--train-subset", type=COUNT,
+                   help="train on this many examples (default: all)")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors)")
     add_output_args(p)
 
     p = sub.add_parser("align", help="permute checkpoint B to line up with checkpoint A")
-    p.add_argument("a", help="checkpoint of model A (the reference; .pt or .safetensors)")
-    p.add_argument("b", help="checkpoint of model B (the one permuted)")
+    p.add_argument("a", help="checkpoint of model A, the reference (.pt or .safetensors)")
+    p.add_argument("b", help="checkpoint of model B, the one permuted")
     add_model_args(p, spec=True)
     add_method_args(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the matching")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the matching")
     p.add_argument("--out", required=True, help="aligned B checkpoint to write")
-    p.add_argument("--perm-out", help="also write the permutation and its history as JSON")
+    p.add_argument("--perm-out", help="also write the permutation and its history as JSON "
+                   "(written together with --out)")
     add_output_args(p)
 
     p = sub.add_parser("interpolate", help="loss/accuracy along the line from A to B")
     p.add_argument("a", help="checkpoint of model A (λ = 0)")
     p.add_argument("b", help="checkpoint of model B (λ = 1), usually aligned to A first")
     add_model_args(p)
-    p.add_argument("--points", type=int, default=DEFAULT_POINTS,
-                   help="evenly spaced λ values from 0 to 1, both included")
-    p.add_argument("--eval-subset", type=int,
-                   help="evaluate on this many examples per split (default all)")
+    p.add_argument("--points", type=integer(2, MAX_POINTS), default=DEFAULT_POINTS,
+                   help=f"evenly spaced λ values from 0 to 1, both included (2 to {MAX_POINTS})")
+    p.add_argument("--eval-subset", type=COUNT,
+                   help="evaluate on this many examples per split (default: all)")
     p.add_argument("--bn-reset", action=argparse.BooleanOptionalAction, default=None,
                    help="re-estimate BatchNorm statistics at every point (default: on for BN "
                    "models)")
     p.add_argument("--repair", action="store_true", help="apply REPAIR at interior points")
     p.add_argument("--out", help="curve JSON to write")
-    p.add_argument("--plot", help="curve PNG to write")
+    p.add_argument("--plot", help="curve PNG to write (written together with --out)")
     add_output_args(p)
 
     p = sub.add_parser("merge", help="merge two or more checkpoints (MergeMany)")
-    p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to merge")
+    p.add_argument("checkpoints", nargs="+",
+                   help="checkpoints of the models to merge (two or more, same --model)")
     add_model_args(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the merge's visiting order")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the merge's visiting order")
     p.add_argument("--no-bn-reset", action="store_true",
                    help="skip re-estimating BatchNorm statistics of the merged model")
     p.add_argument("--out", required=True, help="merged checkpoint to write")
@@ -173,26 +241,25 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
 
     from ..experiments import REGISTRY, SCALES
     p = sub.add_parser("experiment", help="run one of the paper's experiments (or all)")
-    p.add_argument("name", help=f"{', '.join(REGISTRY)}, or all")
+    p.add_argument("name", help=f"the experiment: {', '.join(REGISTRY)}, or all")
     p.add_argument("--scale", choices=SCALES, default="full",
                    help="quick: CI smoke test on 2 CPU cores; full: what RESULTS.md reports "
                    "(CPU-sized); paper: the paper's sizes (GPU)")
     p.add_argument("--quick", dest="scale", action="store_const", const="quick",
                    help="same as --scale quick")
     add_data_args(p, default=None)
-    p.add_argument("--seeds", type=int, help="number of seed pairs / trials / models "
-                   "(default: per experiment)")
+    p.add_argument("--seeds", type=integer(1, 1000), help="number of seed pairs / trials / "
+                   "models (default: per experiment)")
     add_device_arg(p)
     p.add_argument("--out", help="output folder (default: results/NAME, results-SCALE/NAME "
                    "for other scales); trained checkpoints are cached under it")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite the results of an earlier run in the output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_output_args(p)
 
     p = sub.add_parser("report", help="write RESULTS.md from experiment output folders")
-    p.add_argument("dirs", nargs="+", help="experiment output folders (each with results.json)")
+    p.add_argument("dirs", nargs="+", help="experiment output folders, each holding a "
+                   "results.json (or a folder of such folders)")
     p.add_argument("--out", default="RESULTS.md", help="markdown file to write")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
 
     p = sub.add_parser("spec", help="print (and save) a model's permutation spec")
     add_model_args(p)
@@ -200,5 +267,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     add_output_args(p)
 
     for name, choice in sub.choices.items():
+        choice.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help=VERBOSE_HELP)
         choice.set_defaults(func=commands[name])
     return parser

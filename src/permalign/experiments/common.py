@@ -156,14 +156,15 @@ def trained_state(cfg: ExperimentConfig, model_string: str, data: Dataset, *, se
 
     def keep(epoch: int, m: torch.nn.Module) -> None:
         if snapshots and epoch < epochs:
-            save_state_dict(m.state_dict(), folder / f"{stem}-at{epoch}.pt", force=True)
+            save_state_dict(m.state_dict(), folder / f"{stem}-at{epoch}.pt", force=True,
+                            now=True)  # a cache: kept at once, outside the run's outputs
 
     cfg.log(f"  training {model_string} on {data.name} ({len(data.train_x)} examples, "
             f"{epochs} epochs, seed {seed})")
     train_model(model, data, TrainConfig(epochs=epochs, seed=seed, lr=lr, optimizer=optimizer),
                 device=cfg.device, progress=cfg.progress, on_epoch=keep)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_state_dict(state, path, force=True)
+    save_state_dict(state, path, force=True, now=True)
     return state
 
 

@@ -32,6 +32,7 @@ FAMILIES: dict[str, tuple[Builder, dict[str, tuple[type, Any]]]] = {
 }
 
 SPATIAL_FAMILIES = {"vgg11", "vgg16", "resnet20"}
+MAX_OPTION = 1e6  # depths, widths and multipliers beyond this only exhaust memory
 
 
 def parse_model_string(text: str) -> tuple[str, dict[str, Any]]:
@@ -39,24 +40,30 @@ def parse_model_string(text: str) -> tuple[str, dict[str, Any]]:
     family, _, rest = str(text).strip().partition(":")
     family = family.lower()
     if family not in FAMILIES:
-        raise PermalignError(f"unknown model {text!r}; use one of {', '.join(FAMILIES)} "
-                             "(e.g. mlp:depth=3,width=512 or resnet20:width=4,norm=ln)")
+        raise PermalignError(f"unknown model family {family!r} in {text!r}; use one of "
+                             f"{', '.join(FAMILIES)} (e.g. mlp:depth=3,width=512 or "
+                             "resnet20:width=4,norm=ln), or package.module:function")
     options_spec = FAMILIES[family][1]
     options = {name: default for name, (_, default) in options_spec.items()}
+    given: set[str] = set()
     for item in filter(None, (p.strip() for p in rest.split(","))):
         name, eq, value = item.partition("=")
         name = name.strip().replace("-", "_")
         if not eq or name not in options_spec:
             raise PermalignError(f"bad option {item!r} in model {text!r}; {family} takes "
                                  f"{', '.join(f'{k}=...' for k in options_spec)}")
+        if name in given:
+            raise PermalignError(f"option {name} given twice in model {text!r}")
+        given.add(name)
         kind = options_spec[name][0]
         try:
             options[name] = kind(value.strip())
         except ValueError:
             raise PermalignError(f"option {name} of model {text!r} must be {kind.__name__}, "
                                  f"got {value!r}") from None
-        if kind in (int, float) and options[name] <= 0:
-            raise PermalignError(f"option {name} of model {text!r} must be positive")
+        if kind in (int, float) and not 0 < options[name] <= MAX_OPTION:
+            raise PermalignError(f"option {name} of model {text!r} must be a positive number "
+                                 f"up to {MAX_OPTION:g}, got {value.strip()!r}")
     if "norm" in options:
         options["norm"] = parse_norm(options["norm"])
     return family, options
