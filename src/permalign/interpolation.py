@@ -62,8 +62,10 @@ def evaluate_state(model: nn.Module, state: Mapping[str, torch.Tensor], data: Da
     model.load_state_dict(state)
     if bn_reset:
         reset_bn_stats(model, data.train_x, num_batches=bn_batches)
-    train_loss, train_acc = evaluate(model, data.train_x, data.train_y, batch_size=batch_size)
-    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, batch_size=batch_size)
+    train_loss, train_acc = evaluate(model, data.train_x, data.train_y, batch_size=batch_size,
+                                     task=data.task)
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, batch_size=batch_size,
+                                   task=data.task)
     return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc}
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import zoo
-from ..data import canonical_name, load_dataset
+from ..data import canonical_name, is_text, load_dataset
 from ..errors import PermalignError
 from ..evaluate import evaluate
 from ..interpolation import interpolation_curve
-from ..io import atomic_write_text, check_writable, save_state_dict
+from ..io import atomic_write_text, check_writable
 from ..match import METHODS, get_method
 from ..merge import merge_many
 from ..models import resolve_model
@@ -20,7 +20,7 @@ from ..provenance import provenance
 from ..statedict import has_batchnorm
 from ..train import DEFAULT_EPOCHS, TrainConfig, train_model
 from ..workflow import align, align_and_compare, train_from_seed
-from .inputs import parse_device, resolve_inputs
+from .inputs import check_output, parse_device, resolve_inputs
 
 
 def _write_json(path: str | Path, obj: Any, *, force: bool) -> None:
@@ -94,26 +94,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_epochs(dataset: str) -> int:
+    """Training epochs when ``--epochs`` is not given: per data set (1 for text)."""
+    return 1 if is_text(dataset) else DEFAULT_EPOCHS[canonical_name(dataset)]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    check_writable(args.out, force=args.force)
+    started = time.time()
+    check_output(args, args.out)
     inputs = resolve_inputs(args, need_data=True, need_spec=False, model_seed=args.seed)
     data, model = inputs.data, inputs.model
     if args.train_subset:
         data = data.subset(train=args.train_subset)
-    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[canonical_name(
-        args.dataset)]
+    epochs = args.epochs if args.epochs is not None else _default_epochs(args.dataset)
     cfg = TrainConfig(epochs=epochs, seed=args.seed, lr=args.lr, optimizer=args.optimizer,
                       batch_size=args.batch_size)
     train_model(model, data, cfg, device=inputs.device, progress=not args.quiet)
-    loss, acc = evaluate(model, data.test_x.to(inputs.device), data.test_y.to(inputs.device))
-    save_state_dict(model.state_dict(), args.out, force=args.force)
+    loss, acc = evaluate(model, data.test_x.to(inputs.device), data.test_y.to(inputs.device),
+                         task=data.task)
+    inputs.save(model.state_dict(), args.out, force=args.force,
+                title=f"{Path(args.out).name}: trained by permalign",
+                summary=f"The model of `{args.model}` trained by `permalign train` on "
+                f"{data.name} for {epochs} epochs (seed {args.seed}).",
+                details={"data": data.name, "epochs": epochs, "optimizer": args.optimizer,
+                         "learning rate": args.lr, "test loss": f"{loss:.4f}",
+                         "test accuracy": f"{acc:.4f}"},
+                provenance=provenance(seeds={"training": args.seed}, device=inputs.device,
+                                      started=started))
     print(f"test loss {loss:.4f}, test accuracy {acc:.4f}; wrote {args.out}")
     return 0
 
 
 def cmd_align(args: argparse.Namespace) -> int:
     started = time.time()
-    check_writable(args.out, force=args.force)
+    check_output(args, args.out, [args.a, args.b])
     if args.perm_out:
         check_writable(args.perm_out, force=args.force)
     options = _method_options(args)
@@ -123,11 +137,22 @@ def cmd_align(args: argparse.Namespace) -> int:
     aligned, result = align(args.method, inputs.spec, inputs.model, state_a, state_b,
                             data=inputs.data, seed=args.seed, device=inputs.device,
                             progress=not args.quiet, **options)
-    save_state_dict(aligned, args.out, force=args.force)
+    record = result.to_json()
+    record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
+                                      started=started)
+    objective = result.history[-1] if result.history else float("nan")
+    inputs.save(aligned, args.out, force=args.force,
+                title=f"{Path(args.out).name}: model B aligned to model A",
+                summary=f"Model B (`{args.b}`) with its hidden units permuted by permalign's "
+                f"{args.method} matching to line up with model A (`{args.a}`). A permutation "
+                "does not change what the model computes: this model gives B's outputs, and "
+                "its weights can now be interpolated or averaged with A's.",
+                details={"model A": args.a, "model B": args.b, "method": args.method,
+                         "options": options or "defaults", "seed": args.seed,
+                         "permutation groups": len(inputs.spec.groups),
+                         "objective": f"{objective:.6g}"},
+                provenance=record["provenance"])
     if args.perm_out:
-        record = result.to_json()
-        record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
-                                          started=started)
         _write_json(args.perm_out, record, force=args.force)
     print(f"{args.method} matching: {len(result.history)} steps, objective "
           f"{result.history[-1] if result.history else float('nan'):.6g}; wrote {args.out}")
@@ -174,7 +199,8 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    check_writable(args.out, force=args.force)
+    started = time.time()
+    check_output(args, args.out, args.checkpoints)
     if len(args.checkpoints) < 2:
         raise PermalignError("merge needs at least two checkpoints")
     inputs = resolve_inputs(args, checkpoints=args.checkpoints,
@@ -182,7 +208,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     result = merge_many(inputs.spec, inputs.states, seed=args.seed, device=inputs.device,
                         model=inputs.model, bn_reset=not args.no_bn_reset,
                         bn_data=inputs.data.train_x if inputs.data is not None else None)
-    save_state_dict(result.merged, args.out, force=args.force)
+    inputs.save(result.merged, args.out, force=args.force,
+                title=f"{Path(args.out).name}: {len(inputs.states)} models merged",
+                summary=f"The average of {len(inputs.states)} models after permalign aligned "
+                "their hidden units to each other (MergeMany: each model weight-matched to "
+                "the mean of the others until nothing changes).",
+                details={"models": ", ".join(map(str, args.checkpoints)),
+                         "rounds": result.rounds, "converged": result.converged,
+                         "BatchNorm statistics re-estimated": result.bn_reset,
+                         "seed": args.seed},
+                provenance=provenance(seeds={"merge": args.seed}, device=inputs.device,
+                                      started=started))
     print(f"merged {len(inputs.states)} models in {result.rounds} rounds "
           f"({'converged' if result.converged else 'not converged'}"
           f"{', BatchNorm statistics re-estimated' if result.bn_reset else ''}); "

@@ -46,10 +46,13 @@ def input_shape(text: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------ shared options
-def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
-    p.add_argument("--model", required=True,
-                   help="zoo model string (mlp:depth=3,width=512, resnet20:width=4,norm=ln, ...) "
-                   "or your own factory as package.module:function (spec inferred)")
+def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False,
+                   dataset: str | None = "digits") -> None:
+    p.add_argument("--model",
+                   help="zoo model string (mlp:depth=3,width=512, resnet20:width=4,norm=ln, ...), "
+                   "your own factory as package.module:function, a Hugging Face folder as "
+                   "hf:FOLDER, or timm:NAME / torchvision:NAME (spec inferred for all but the "
+                   "zoo); may be left out when the first checkpoint is a Hugging Face folder")
     p.add_argument("--infer", action="store_true",
                    help="infer the spec from the model graph even for zoo models")
     if spec:
@@ -57,7 +60,7 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
                        "own (checked against the model's outputs first)")
         p.add_argument("--no-spec-check", action="store_true",
                        help="use --spec without checking that it preserves the outputs")
-    add_data_args(p)
+    add_data_args(p, dataset)
     p.add_argument("--input-shape", type=input_shape, help="model input shape, e.g. 1,28,28 "
                    "(default: the data set's)")
     p.add_argument("--num-classes", type=int,
@@ -67,7 +70,9 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
     p.add_argument("--dataset", default=default,
-                   help="digits (bundled), fashion-mnist, mnist, cifar10 or cifar100")
+                   help="digits (bundled), fashion-mnist, mnist, cifar10, cifar100, or "
+                   "text:FILE (a UTF-8 text file for a language model: next-token loss and "
+                   "accuracy)")
     p.add_argument("--data-dir", help="folder holding the data set's files (default: "
                    "$PERMALIGN_DATA/<name>, then /usr/share/datasets/<name>)")
 
@@ -133,16 +138,19 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="optimiser")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     p.add_argument("--train-subset", type=int, help="train on this many examples (default all)")
-    p.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors)")
+    p.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors; "
+                   "a folder for hf: models)")
     add_output_args(p)
 
     p = sub.add_parser("align", help="permute checkpoint B to line up with checkpoint A")
-    p.add_argument("a", help="checkpoint of model A (the reference; .pt or .safetensors)")
+    p.add_argument("a", help="checkpoint of model A (the reference; .pt, .safetensors or a "
+                   "Hugging Face folder)")
     p.add_argument("b", help="checkpoint of model B (the one permuted)")
     add_model_args(p, spec=True)
     add_method_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the matching")
-    p.add_argument("--out", required=True, help="aligned B checkpoint to write")
+    p.add_argument("--out", required=True, help="aligned B checkpoint to write (a folder for "
+                   "hf: models)")
     p.add_argument("--perm-out", help="also write the permutation and its history as JSON")
     add_output_args(p)
 
@@ -163,12 +171,14 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     add_output_args(p)
 
     p = sub.add_parser("merge", help="merge two or more checkpoints (MergeMany)")
-    p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to merge")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to merge (files "
+                   "or Hugging Face folders)")
     add_model_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the merge's visiting order")
     p.add_argument("--no-bn-reset", action="store_true",
                    help="skip re-estimating BatchNorm statistics of the merged model")
-    p.add_argument("--out", required=True, help="merged checkpoint to write")
+    p.add_argument("--out", required=True, help="merged checkpoint to write (a folder for "
+                   "hf: models)")
     add_output_args(p)
 
     from ..experiments import REGISTRY, SCALES
