@@ -168,28 +168,57 @@ def iter_tensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield from load_state_dict(path).items()
 
 
-def load_state(folder: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The folder's weights as a complete state dict of ``model``.
+def stored_names(model: nn.Module) -> dict[str, str]:
+    """``state-dict key -> name in a saved folder`` for ``model``.
 
-    Weights the folder leaves out because they are tied (a language model's head sharing the
-    embedding) are filled from the tensor they are tied to. Names the model does not have are
-    an error, except those transformers itself ignores for this class. Tensors are cast to the
-    model's dtypes (the stored dtypes are written back by :func:`save_folder`).
+    transformers 5 keeps some models' weights under other names than their modules use (a
+    ViT's ``encoder.layer.0.attention.attention.query`` is ``layers.0.attention.q_proj``) and
+    translates when saving and loading; this asks it for that translation (the one
+    ``save_pretrained`` applies). Only one-to-one renamings are supported: a layout that
+    splits or fuses tensors is refused.
+    """
+    state = {k: v.detach() for k, v in model.state_dict().items()}  # one object per key
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4 stores weights under the modules' names
+        return {k: k for k in state}
+    by_id = {id(v): k for k, v in state.items()}
+    names: dict[str, str] = {}
+    for stored, tensor in revert_weight_conversion(model, dict(state)).items():
+        key = by_id.get(id(tensor))
+        if key is None:
+            raise PermalignError(f"{type(model).__name__} saves {stored!r} by converting "
+                                 "tensors; permalign reads Hugging Face folders whose tensors "
+                                 "map one to one onto the model's")
+        names[key] = stored
+    return {k: names.get(k, k) for k in state}
+
+
+def load_state(folder: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The folder's weights as a complete state dict of ``model`` (its keys).
+
+    Stored names are translated as transformers does (:func:`stored_names`). Weights the
+    folder leaves out because they are tied (a language model's head sharing the embedding)
+    are filled from the tensor they are tied to. Names the model does not have are an error,
+    except those transformers itself ignores for this class. Tensors are cast to the model's
+    dtypes (:func:`save_folder` writes them back in their stored dtypes).
     """
     reference = model.state_dict(keep_vars=True)
+    names = stored_names(model)
     loaded = dict(iter_tensors(folder))
     by_tensor: dict[int, list[str]] = {}
     for key, value in reference.items():
         by_tensor.setdefault(id(value), []).append(key)
     state: dict[str, torch.Tensor] = {}
     for key, value in reference.items():
-        source = next((k for k in by_tensor[id(value)] if k in loaded), key)
-        if source in loaded:
+        source = next((names[k] for k in by_tensor[id(value)] if names[k] in loaded), None)
+        if source is not None:
             state[key] = loaded[source]
     ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected",
                                               None) or []]
-    extra = {k: v for k, v in loaded.items() if k not in reference
-             and not any(p.search(k) for p in ignored)}
+    known = set(names.values())
+    extra = {k: v for k, v in loaded.items()
+             if k not in known and not any(p.search(k) for p in ignored)}
     check_state_dict({**state, **extra}, {k: v.detach() for k, v in reference.items()},
                      name=str(folder))
     return {k: state[k].to(reference[k].dtype) for k in reference}
@@ -352,12 +381,15 @@ def model_card(*, title: str, summary: str, details: Mapping[str, Any],
 
 
 def save_folder(out: str | Path, state: Mapping[str, torch.Tensor], source: str | Path, *,
-                card: str, force: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                card: str, names: Mapping[str, str] | None = None, force: bool = False,
+                max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                 layout: Mapping[str, torch.dtype] | None = None) -> Path:
-    """Write ``state`` as a Hugging Face folder beside ``source``'s config.
+    """Write ``state`` (a model's state dict) as a Hugging Face folder with ``source``'s
+    config.
 
-    The tensors written are those stored in ``source`` (``layout``: name -> dtype, default
-    :func:`stored_layout` of ``source``), each in its stored dtype, as
+    ``names`` maps state-dict keys to stored names (:func:`stored_names` of the model; default:
+    the same names). The tensors written are those stored in ``source`` (``layout``: stored
+    name -> dtype, default :func:`stored_layout` of ``source``), each in its stored dtype, as
     ``model-0000i-of-0000n.safetensors`` shards of at most ``max_shard_bytes`` with
     ``model.safetensors.index.json``; ``config.json`` and the tokenizer and generation files
     are copied; ``card`` becomes ``README.md``. ``config.json`` is written last, so a folder
@@ -366,10 +398,11 @@ def save_folder(out: str | Path, state: Mapping[str, torch.Tensor], source: str 
     from safetensors.torch import save_file
     source = Path(source)
     layout = dict(layout if layout is not None else stored_layout(source))
-    missing = [k for k in layout if k not in state]
+    key_of = {stored: key for key, stored in (names or {k: k for k in state}).items()}
+    missing = [k for k in layout if key_of.get(k) not in state]
     if missing:
         raise PermalignError(f"cannot write {out}: the state lacks {', '.join(missing[:3])}")
-    tensors = {k: state[k].detach().to(device="cpu", dtype=dtype).contiguous()
+    tensors = {k: state[key_of[k]].detach().to(device="cpu", dtype=dtype).contiguous()
                for k, dtype in layout.items()}
     shards = plan_shards({k: t.numel() * t.element_size() for k, t in tensors.items()},
                          max_shard_bytes)

@@ -263,6 +263,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "align": cmd_align,
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from ..diagnose import diagnose
+    started = time.time()
+    if args.out:
+        check_writable(args.out, force=args.force)
+    if args.points < 2:
+        raise PermalignError("--points must be at least 2")
+    if args.eval_subset is not None and args.eval_subset < 1:
+        raise PermalignError("--eval-subset must be >= 1")
+    options = _method_options(args)
+    inits = [p for p in (args.init_a, args.init_b) if p]
+    method = get_method(args.method)
+    if method.needs_data and not args.dataset:
+        raise PermalignError(f"{args.method} matching needs data; pass --dataset")
+    inputs = resolve_inputs(args, checkpoints=[args.a, args.b, *inits],
+                            need_data=bool(args.dataset))
+    states = iter(inputs.states)
+    state_a, state_b = next(states), next(states)
+    init_a = next(states) if args.init_a else None
+    init_b = next(states) if args.init_b else None
+    report = diagnose(inputs.model, inputs.spec, state_a, state_b, inputs.example.args,
+                      inputs.example.kwargs, data=inputs.data, init_a=init_a, init_b=init_b,
+                      method=args.method, method_options=options, seed=args.seed,
+                      points=args.points, eval_examples=args.eval_subset,
+                      device=inputs.device)
+    print(report.table())
+    if args.out:
+        record = report.to_json()
+        record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
+                                          started=started,
+                                          extra={"a": str(args.a), "b": str(args.b),
+                                                 "model": args.model,
+                                                 "dataset": args.dataset})
+        _write_json(args.out, record, force=args.force)
+        print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "diagnose": cmd_diagnose, "train": cmd_train, "align": cmd_align,
             "interpolate": cmd_interpolate, "merge": cmd_merge, "experiment": cmd_experiment,
             "report": cmd_report, "spec": cmd_spec}

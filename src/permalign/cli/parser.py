@@ -204,6 +204,24 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--out", default="RESULTS.md", help="markdown file to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
+    p = sub.add_parser("diagnose", help="why is my alignment or merge bad? spec coverage, "
+                       "function check, planted self-test, objective, correlations, barriers, "
+                       "hints")
+    p.add_argument("a", help="checkpoint of model A (file or Hugging Face folder)")
+    p.add_argument("b", help="checkpoint of model B")
+    add_model_args(p, spec=True, dataset=None)
+    add_method_args(p)
+    p.add_argument("--init-a", help="model A's initial weights (checkpoint), to measure how "
+                   "far training moved them")
+    p.add_argument("--init-b", help="model B's initial weights (checkpoint)")
+    p.add_argument("--points", type=int, default=11,
+                   help="points on each interpolation curve (with --dataset)")
+    p.add_argument("--eval-subset", type=int, default=2000,
+                   help="examples per split for correlations and barriers (with --dataset)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the matching and the tests")
+    p.add_argument("--out", help="also write the report as JSON")
+    add_output_args(p)
+
     p = sub.add_parser("spec", help="print (and save) a model's permutation spec")
     add_model_args(p)
     p.add_argument("--out", help="write the spec as JSON")
