@@ -71,6 +71,8 @@ def test_align_gives_b_function_in_a_basin_and_mutates_nothing(trained_pair, dig
     matched = interpolation_curve(model_a, model_a.state_dict(), aligned.state_dict(), digits,
                                   points=5).barriers()["test_loss"]
     assert matched < 0.5 * naive, (naive, matched)
+    # interpolate works on a copy: the model and the state dicts sharing its tensors stay
+    assert unchanged(model_a, before[0])
 
 
 def test_align_with_data_methods_and_options(trained_pair, digits):

@@ -1,6 +1,7 @@
 """Interpolation curves between two models and their barriers (paper Def. 2.2)."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -85,8 +86,8 @@ def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
     """
     if repair and spec is None:
         raise ValueError("REPAIR needs the model's permutation spec")
-    model = model.to(device)
-    data = data.to(device)
+    model = copy.deepcopy(model).to(device)  # the caller's model (and the state dicts it
+    data = data.to(device)                    # may share tensors with) stay untouched
     if bn_reset is None:
         bn_reset = has_batchnorm(model)
     state_a = {k: v.to(device) for k, v in state_a.items()}
