@@ -8,8 +8,8 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,12 @@ DEFAULT_ROOT = Path("/usr/share/datasets")
 
 @dataclass
 class Dataset:
-    """Train and test tensors: ``x`` is (N, *input_shape) float32, ``y`` is (N,) int64."""
+    """Train and test tensors: ``x`` is (N, *input_shape) float32, ``y`` is (N,) int64.
+
+    ``task`` names how predictions are scored (see :mod:`permalign.tasks`): ``classification``,
+    or ``next-token`` for text, where ``x`` holds (N, T) token ids, ``y`` the (N, T) tokens
+    that follow them, and ``num_classes`` is the vocabulary size.
+    """
 
     name: str
     train_x: torch.Tensor
@@ -30,6 +35,7 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    task: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -48,7 +54,7 @@ class Dataset:
 
         tx, ty = pick(self.train_x, self.train_y, train)
         vx, vy = pick(self.test_x, self.test_y, test)
-        return Dataset(self.name, tx, ty, vx, vy, self.num_classes)
+        return replace(self, train_x=tx, train_y=ty, test_x=vx, test_y=vy)
 
     def biased_halves(self, fraction: float = 0.2, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """Two disjoint training sets (paper §5.4): the first sees ``fraction`` of the images of
@@ -63,13 +69,13 @@ class Dataset:
             cut = int(round(share * len(idx)))
             first.append(idx[:cut])
             second.append(idx[cut:])
-        return tuple(Dataset(self.name, self.train_x[torch.cat(i)], self.train_y[torch.cat(i)],
-                             self.test_x, self.test_y, self.num_classes)
+        return tuple(replace(self, train_x=self.train_x[torch.cat(i)],
+                             train_y=self.train_y[torch.cat(i)])
                      for i in (first, second))  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> "Dataset":
-        return Dataset(self.name, self.train_x.to(device), self.train_y.to(device),
-                       self.test_x.to(device), self.test_y.to(device), self.num_classes)
+        return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                       test_x=self.test_x.to(device), test_y=self.test_y.to(device))
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
@@ -258,11 +264,70 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to unpickle {module}.{name} from a CIFAR batch file")
 
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
+# ------------------------------------------------------------------ text
+TEXT_PREFIX = "text:"
+BYTE_VOCAB = 256  # the byte-level fallback's vocabulary: token id = UTF-8 byte value
+DEFAULT_BLOCK = 128
+
+
+def is_text(name: str | None) -> bool:
+    """``text:FILE`` names a local UTF-8 text file for language-model evaluation."""
+    return bool(name) and str(name).lower().startswith(TEXT_PREFIX)
+
+
+def byte_tokens(text: str) -> list[int]:
+    """The byte-level fallback tokeniser: one token per UTF-8 byte, ids 0..255."""
+    return list(text.encode("utf-8"))
+
+
+def load_text(name: str, *, tokenize: Callable[[str], list[int]] | None = None,
+              vocab_size: int | None = None, block_size: int = DEFAULT_BLOCK,
+              test_fraction: float = 0.1) -> Dataset:
+    """A next-token data set from ``text:FILE``.
+
+    The file is tokenised with ``tokenize`` (a model's tokenizer) or, without one, byte by
+    byte (:func:`byte_tokens`, vocabulary 256). The token stream is cut into consecutive,
+    non-overlapping windows of ``block_size + 1`` tokens (the tail is dropped); each window
+    gives inputs ``x = w[:-1]`` and targets ``y = w[1:]``. The last ``test_fraction`` of the
+    windows (at least one) is the test split, the others the training split.
+    """
+    path = Path(str(name)[len(TEXT_PREFIX):] if is_text(name) else name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a UTF-8 text file (--dataset text:FILE)") from None
+    except OSError as exc:
+        raise DataError(f"cannot read text file {path}: {exc.strerror or exc}") from None
+    ids = tokenize(text) if tokenize is not None else byte_tokens(text)
+    vocab = vocab_size if vocab_size is not None else BYTE_VOCAB
+    if tokenize is None and vocab < BYTE_VOCAB:
+        raise DataError(f"the byte-level tokens of {path} need a vocabulary of {BYTE_VOCAB}, "
+                        f"the model has {vocab}; give the model folder a tokenizer")
+    if ids and max(ids) >= vocab:
+        raise DataError(f"{path} tokenises to id {max(ids)}, outside the model's vocabulary "
+                        f"of {vocab}")
+    if block_size < 1:
+        raise PermalignError("the text block size must be >= 1")
+    windows = len(ids) // (block_size + 1)
+    if windows < 2:
+        raise DataError(f"{path} has {len(ids)} tokens; text evaluation needs at least "
+                        f"{2 * (block_size + 1)} (two windows of {block_size + 1})")
+    stream = torch.tensor(ids[:windows * (block_size + 1)], dtype=torch.long)
+    stream = stream.view(windows, block_size + 1)  # (windows, T + 1)
+    n_test = max(1, int(round(windows * test_fraction)))
+    train, test = stream[:windows - n_test], stream[windows - n_test:]
+    return Dataset(f"text:{path.name}", train[:, :-1], train[:, 1:], test[:, :-1],
+                   test[:, 1:], vocab, task="next-token")
+
+
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "text:FILE")
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load a data set by name: digits (bundled), fashion-mnist, mnist, cifar10, cifar100."""
+    """Load a data set by name: digits (bundled), fashion-mnist, mnist, cifar10, cifar100, or
+    ``text:FILE`` (byte-level tokens; :func:`load_text` takes a model's tokenizer)."""
+    if is_text(name):
+        return load_text(name)
     key = canonical_name(name)
     if key == "digits":
         return load_digits()
@@ -279,6 +344,10 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
 
 
 def canonical_name(name: str) -> str:
+    """The registry name of a named data set (``text:FILE`` is not one)."""
+    if is_text(name):
+        raise PermalignError(f"{name} is a text file, not a named data set; its shape comes "
+                             "from the model")
     key = name.lower().replace("_", "-")
     key = {"cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
     if key not in DATASET_SHAPES:

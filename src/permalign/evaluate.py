@@ -5,23 +5,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tasks import CLASSIFICATION, Task, get_task
+
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2048
-             ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2048,
+             task: Task | str = CLASSIFICATION) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``, per
+    prediction of ``task`` (one per example for classification, one per token for next-token
+    prediction)."""
+    task = get_task(task)
+    batch_size = task.batch_size(x, batch_size)
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.long, device=x.device)
+    count = 0
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        logits = model(xb)  # (B, classes)
-        total_loss += F.cross_entropy(logits, yb, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == yb).sum()
+        loss, right, n = task.scores(model(x[start:start + batch_size]),
+                                     y[start:start + batch_size])
+        total_loss += loss.double()
+        correct += right
+        count += n
     model.train(was_training)
-    n = max(len(x), 1)
-    return float(total_loss) / n, int(correct) / n
+    count = max(count, 1)
+    return float(total_loss) / count, int(correct) / count
 
 
 @torch.inference_mode()

@@ -1,6 +1,7 @@
 """Interpolation curves between two models and their barriers (paper Def. 2.2)."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,8 +65,10 @@ def evaluate_state(model: nn.Module, state: Mapping[str, torch.Tensor], data: Da
     model.load_state_dict(state)
     if bn_reset:
         reset_bn_stats(model, data.train_x, num_batches=bn_batches)
-    train_loss, train_acc = evaluate(model, data.train_x, data.train_y, batch_size=batch_size)
-    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, batch_size=batch_size)
+    train_loss, train_acc = evaluate(model, data.train_x, data.train_y, batch_size=batch_size,
+                                     task=data.task)
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, batch_size=batch_size,
+                                   task=data.task)
     return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc}
 
@@ -131,8 +134,8 @@ def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
     """
     if repair and spec is None:
         raise ValueError("REPAIR needs the model's permutation spec")
-    model = model.to(device)
-    data = data.to(device)
+    model = copy.deepcopy(model).to(device)  # the caller's model (and the state dicts it
+    data = data.to(device)                    # may share tensors with) stay untouched
     if bn_reset is None:
         bn_reset = has_batchnorm(model)
     state_a = {k: v.to(device) for k, v in state_a.items()}

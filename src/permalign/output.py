@@ -171,6 +171,7 @@ class Transaction:
     declared: dict[Path, str] = field(default_factory=dict)  # target -> option name
     created_dirs: list[Path] = field(default_factory=list)
     committed: list[Path] = field(default_factory=list)
+    obsolete: list[Path] = field(default_factory=list)  # removed once the commit succeeds
     closed: bool = False
 
     def declare(self, path: str | Path | None, what: str) -> Path | None:
@@ -278,7 +279,15 @@ class Transaction:
             WRITTEN.extend(self.committed)
             self.staged.clear()
             self.closed = True
+            for path in self.obsolete:  # files of an earlier output the new one replaces
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         return self.committed
+
+    def remove_on_commit(self, path: str | Path) -> None:
+        """Delete ``path`` (a file of an earlier run that the new outputs replace) after a
+        successful commit only."""
+        self.obsolete.append(Path(path))
 
     def abort(self) -> None:
         """Remove the temporary files and the folders this transaction created."""

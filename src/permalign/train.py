@@ -5,12 +5,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, batches
 from .errors import PermalignError, TrainingError
+from .tasks import get_task
 
 # Sensible defaults per data set (epochs, learning rate for Adam)
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 5, "mnist": 5, "cifar10": 30, "cifar100": 30}
@@ -58,6 +58,7 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *,
                              f"(got {cfg.epochs}, {cfg.batch_size}, {cfg.lr})")
     model.to(device).train()
     x, y = data.train_x.to(device), data.train_y.to(device)
+    task = get_task(data.task)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -70,7 +71,7 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *,
     for epoch in range(cfg.epochs):
         running = torch.zeros((), device=device)
         for xb, yb in batches(x, y, cfg.batch_size, shuffle=True, generator=generator):
-            loss = F.cross_entropy(model(xb), yb)
+            loss = task.loss(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import output, zoo
-from ..data import canonical_name, load_dataset
+from ..data import canonical_name, is_text, load_dataset
 from ..errors import PermalignError
 from ..evaluate import evaluate
 from ..interpolation import interpolation_curve
-from ..io import atomic_write_text, save_state_dict
+from ..io import atomic_write_text
 from ..match import METHODS, get_method
 from ..merge import merge_many
 from ..models import resolve_model
@@ -25,7 +25,7 @@ from ..provenance import provenance
 from ..statedict import has_batchnorm
 from ..train import DEFAULT_EPOCHS, TrainConfig, train_model
 from ..workflow import align, align_and_compare, train_from_seed
-from .inputs import parse_device, resolve_inputs
+from .inputs import check_output, parse_device, resolve_inputs
 
 
 def _write_json(path: str | Path, obj: Any, *, force: bool) -> None:
@@ -97,26 +97,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_epochs(dataset: str) -> int:
+    """Training epochs when ``--epochs`` is not given: per data set (1 for text)."""
+    return 1 if is_text(dataset) else DEFAULT_EPOCHS[canonical_name(dataset)]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    output.declare(args.out, "--out")
+    started = time.time()
+    check_output(args, args.out)
     inputs = resolve_inputs(args, need_data=True, need_spec=False, model_seed=args.seed)
     data, model = inputs.data, inputs.model
     if args.train_subset:
         data = data.subset(train=args.train_subset)
-    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[canonical_name(
-        args.dataset)]
+    epochs = args.epochs if args.epochs is not None else _default_epochs(args.dataset)
     cfg = TrainConfig(epochs=epochs, seed=args.seed, lr=args.lr, optimizer=args.optimizer,
                       batch_size=args.batch_size)
     train_model(model, data, cfg, device=inputs.device, progress=not args.quiet)
-    loss, acc = evaluate(model, data.test_x.to(inputs.device), data.test_y.to(inputs.device))
-    save_state_dict(model.state_dict(), args.out, force=args.force)
+    loss, acc = evaluate(model, data.test_x.to(inputs.device), data.test_y.to(inputs.device),
+                         task=data.task)
+    inputs.save(model.state_dict(), args.out, force=args.force,
+                title=f"{Path(args.out).name}: trained by permalign",
+                summary=f"The model of `{args.model}` trained by `permalign train` on "
+                f"{data.name} for {epochs} epochs (seed {args.seed}).",
+                details={"data": data.name, "epochs": epochs, "optimizer": args.optimizer,
+                         "learning rate": args.lr, "test loss": f"{loss:.4f}",
+                         "test accuracy": f"{acc:.4f}"},
+                provenance=provenance(seeds={"training": args.seed}, device=inputs.device,
+                                      started=started))
     print(f"test loss {loss:.4f}, test accuracy {acc:.4f}")
     return 0
 
 
 def cmd_align(args: argparse.Namespace) -> int:
     started = time.time()
-    output.declare(args.out, "--out")
+    check_output(args, args.out, [args.a, args.b])
     output.declare(args.perm_out, "--perm-out")
     options = _method_options(args)
     inputs = resolve_inputs(args, checkpoints=[args.a, args.b],
@@ -125,11 +139,22 @@ def cmd_align(args: argparse.Namespace) -> int:
     aligned, result = align(args.method, inputs.spec, inputs.model, state_a, state_b,
                             data=inputs.data, seed=args.seed, device=inputs.device,
                             progress=not args.quiet, **options)
-    save_state_dict(aligned, args.out, force=args.force)
+    record = result.to_json()
+    record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
+                                      started=started)
+    objective = result.history[-1] if result.history else float("nan")
+    inputs.save(aligned, args.out, force=args.force,
+                title=f"{Path(args.out).name}: model B aligned to model A",
+                summary=f"Model B (`{args.b}`) with its hidden units permuted by permalign's "
+                f"{args.method} matching to line up with model A (`{args.a}`). A permutation "
+                "does not change what the model computes: this model gives B's outputs, and "
+                "its weights can now be interpolated or averaged with A's.",
+                details={"model A": args.a, "model B": args.b, "method": args.method,
+                         "options": options or "defaults", "seed": args.seed,
+                         "permutation groups": len(inputs.spec.groups),
+                         "objective": f"{objective:.6g}"},
+                provenance=record["provenance"])
     if args.perm_out:
-        record = result.to_json()
-        record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
-                                          started=started)
         _write_json(args.perm_out, record, force=args.force)
     start = f" from the {result.info['init']} start" if "init" in result.info else ""
     objective = f"{result.history[-1]:.6g}" if result.history else "not computed"
@@ -173,7 +198,8 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    output.declare(args.out, "--out")
+    started = time.time()
+    check_output(args, args.out, args.checkpoints)
     if len(args.checkpoints) < 2:
         raise PermalignError("merge needs at least two checkpoints")
     inputs = resolve_inputs(args, checkpoints=args.checkpoints,
@@ -181,7 +207,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     result = merge_many(inputs.spec, inputs.states, seed=args.seed, device=inputs.device,
                         model=inputs.model, bn_reset=not args.no_bn_reset,
                         bn_data=inputs.data.train_x if inputs.data is not None else None)
-    save_state_dict(result.merged, args.out, force=args.force)
+    inputs.save(result.merged, args.out, force=args.force,
+                title=f"{Path(args.out).name}: {len(inputs.states)} models merged",
+                summary=f"The average of {len(inputs.states)} models after permalign aligned "
+                "their hidden units to each other (MergeMany: each model weight-matched to "
+                "the mean of the others until nothing changes).",
+                details={"models": ", ".join(map(str, args.checkpoints)),
+                         "rounds": result.rounds, "converged": result.converged,
+                         "BatchNorm statistics re-estimated": result.bn_reset,
+                         "seed": args.seed},
+                provenance=provenance(seeds={"merge": args.seed}, device=inputs.device,
+                                      started=started))
     print(f"merged {len(inputs.states)} models in {result.rounds} rounds "
           f"({'converged' if result.converged else 'not converged'}"
           f"{', BatchNorm statistics re-estimated' if result.bn_reset else ''})")
@@ -228,6 +264,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "align": cmd_align,
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from ..diagnose import diagnose
+    started = time.time()
+    output.declare(args.out, "--out")
+    options = _method_options(args)
+    inits = [p for p in (args.init_a, args.init_b) if p]
+    method = get_method(args.method)
+    if method.needs_data_for(options) and not args.dataset:
+        raise PermalignError(f"{args.method} matching needs data; pass --dataset")
+    inputs = resolve_inputs(args, checkpoints=[args.a, args.b, *inits],
+                            need_data=bool(args.dataset))
+    states = iter(inputs.states)
+    state_a, state_b = next(states), next(states)
+    init_a = next(states) if args.init_a else None
+    init_b = next(states) if args.init_b else None
+    report = diagnose(inputs.model, inputs.spec, state_a, state_b, inputs.example.args,
+                      inputs.example.kwargs, data=inputs.data, init_a=init_a, init_b=init_b,
+                      method=args.method, method_options=options, seed=args.seed,
+                      points=args.points, eval_examples=args.eval_subset,
+                      device=inputs.device)
+    print(report.table())
+    if args.out:
+        record = report.to_json()
+        record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
+                                          started=started,
+                                          extra={"a": str(args.a), "b": str(args.b),
+                                                 "model": args.model,
+                                                 "dataset": args.dataset})
+        _write_json(args.out, record, force=args.force)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "diagnose": cmd_diagnose, "train": cmd_train, "align": cmd_align,
             "interpolate": cmd_interpolate, "merge": cmd_merge, "experiment": cmd_experiment,
             "report": cmd_report, "spec": cmd_spec}

@@ -1,20 +1,25 @@
-"""Resolve a command's inputs — device, data, model, spec, checkpoints — once, into one object."""
+"""Resolve a command's inputs — device, data, model, spec, checkpoints — once, into one object,
+and write its model outputs in the form the model came in (a state-dict file, or a Hugging Face
+folder for ``hf:`` models)."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..data import DATASET_SHAPES, Dataset, canonical_name, load_dataset
+from .. import hf, output
+from ..data import (DATASET_SHAPES, DEFAULT_BLOCK, Dataset, canonical_name, is_text,
+                    load_dataset, load_text)
 from ..errors import PermalignError, SpecError
-from ..io import check_input_file, load_checkpoint_for
-from ..models import build_model, example_input, is_factory, resolve_model
+from ..io import check_input_file, load_checkpoint_for, save_state_dict
+from ..models import Example, ResolvedModel, model_kind, resolve
 from ..spec import PermutationSpec
 
 
@@ -29,6 +34,21 @@ class Inputs:
     spec: PermutationSpec | None = None
     data: Dataset | None = None
     states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    example: Example | None = None
+    folder: Path | None = None  # the Hugging Face folder of an hf: model
+
+    def save(self, state: Mapping[str, torch.Tensor], out: str | Path, *, force: bool,
+             title: str, summary: str, details: Mapping[str, Any],
+             provenance: Mapping[str, Any] | None = None) -> Path:
+        """Write a model's state as the model came: a Hugging Face folder (with a model card
+        made of ``title``, ``summary``, ``details`` and ``provenance``) for an hf: model, else
+        a state-dict file (``.safetensors`` or ``.pt`` by suffix)."""
+        if self.folder is not None:
+            card = hf.model_card(title=title, summary=summary, details=details,
+                                 provenance=provenance)
+            return hf.save_folder(out, state, self.folder, card=card, force=force,
+                                  names=hf.stored_names(self.model))
+        return save_state_dict(state, out, force=force)
 
 
 def parse_device(name: str) -> torch.device:
@@ -55,12 +75,35 @@ def load_data(args: argparse.Namespace) -> Dataset:
     return load_dataset(args.dataset, getattr(args, "data_dir", None))
 
 
+def model_string(args: argparse.Namespace, checkpoints: Sequence[str | Path] = ()) -> str:
+    """``--model``, or ``hf:A`` when it is left out and the first checkpoint A is a Hugging
+    Face folder."""
+    given = getattr(args, "model", None)
+    if given:
+        return given
+    if checkpoints and hf.is_folder(checkpoints[0]):
+        return f"{hf.PREFIX}{checkpoints[0]}"
+    raise PermalignError("--model is required (a zoo string, package.module:function, "
+                         "hf:FOLDER, timm:NAME or torchvision:NAME)")
+
+
+def check_output(args: argparse.Namespace, out: str | Path,
+                 checkpoints: Sequence[str | Path] = ()) -> None:
+    """Refuse an existing output unless ``--force``: a folder for hf: models, else a file."""
+    if model_kind(model_string(args, checkpoints)) == "hf":
+        hf.check_folder_writable(out, force=args.force)
+    else:
+        output.declare(out, "--out")
+
+
 def model_io(args: argparse.Namespace, data: Dataset | None) -> tuple[tuple[int, ...], int]:
-    """Input shape and class count: ``--input-shape``/``--num-classes``, else the data's."""
+    """Input shape and class count: ``--input-shape``/``--num-classes``, else the data's
+    (digits' when there is no named data set)."""
     if data is not None:
         shape, classes = data.input_shape, data.num_classes
     else:
-        shape, classes = DATASET_SHAPES[canonical_name(args.dataset)]
+        name = args.dataset if args.dataset and not is_text(args.dataset) else "digits"
+        shape, classes = DATASET_SHAPES[canonical_name(name)]
     if getattr(args, "num_classes", None) is not None:
         if args.num_classes < 1:
             raise PermalignError("--num-classes must be >= 1")
@@ -103,25 +146,27 @@ def memory_errors(model_string: str) -> Iterator[None]:
                              f"({str(exc).splitlines()[0][:200]})") from None
 
 
-@torch.no_grad()
-def check_forward(model: nn.Module, model_string: str, shape: tuple[int, ...],
-                  classes: int) -> None:
-    """Run a user's model once on a batch of two inputs of ``shape``; one line if it fails or
-    gives fewer than ``classes`` outputs per example."""
-    example = example_input(shape)
-    was_training = model.training
-    try:
-        out = model.eval()(example)
-    except Exception as exc:  # the user's code may raise anything
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise PermalignError(f"--model {model_string} fails on an input of shape "
-                             f"{','.join(map(str, shape))} ({type(exc).__name__}: {first}); "
-                             "give the shape it expects with --input-shape") from None
-    finally:
-        model.train(was_training)
-    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] < classes:
-        raise PermalignError(f"--model {model_string} gives {out.shape[1]} outputs per "
-                             f"example, fewer than the {classes} classes (see --num-classes)")
+def text_data(args: argparse.Namespace, resolved: ResolvedModel) -> Dataset:
+    """``--dataset text:FILE`` for a language model: tokenised with the model folder's
+    tokenizer when it has one (else byte-level), in windows of at most 128 tokens."""
+    if resolved.folder is None:
+        raise PermalignError(f"--dataset {args.dataset} needs a language model given as "
+                             "--model hf:FOLDER")
+    config = resolved.model.config
+    positions = hf.max_positions(config)
+    block = min(DEFAULT_BLOCK, positions) if positions else DEFAULT_BLOCK
+    return load_text(args.dataset, tokenize=hf.tokenizer(resolved.folder),
+                     vocab_size=hf.vocab_size(config), block_size=block)
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A checkpoint file, or a Hugging Face folder's weights, checked against ``model``."""
+    if Path(path).is_dir():
+        if not hf.is_folder(path):
+            raise PermalignError(f"checkpoint {path} is a folder without {hf.CONFIG}; give a "
+                                 "state-dict file or a Hugging Face model folder")
+        return hf.load_state(path, model)
+    return load_checkpoint_for(path, model.state_dict())
 
 
 def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path] = (),
@@ -131,29 +176,30 @@ def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path
     against the model.
 
     ``need_data`` may be a predicate on the built model (e.g. "has BatchNorm layers").
-    The model's initial weights come from ``model_seed``.
+    The model's initial weights come from ``model_seed`` (an hf: model has its folder's).
+    Checkpoints are state-dict files or Hugging Face folders; without ``--model``, the first
+    checkpoint's folder is the model.
     """
     device = parse_device(args.device)
-    data = load_data(args) if need_data is True else None
+    name = model_string(args, checkpoints)
+    text = is_text(getattr(args, "dataset", None))
+    data = load_data(args) if need_data is True and not text else None
     shape, classes = model_io(args, data)
     spec_path = getattr(args, "spec", None)
     if spec_path is not None:
         check_input_file(spec_path, "--spec", SpecError)
-    spec = None
-    with library_output(getattr(args, "verbose", False)), memory_errors(args.model):
-        model = None
-        if is_factory(args.model) or not need_spec:
-            model = build_model(args.model, shape, classes, seed=model_seed)
-        if is_factory(args.model):  # a zoo model fits its shape by construction
-            check_forward(model, args.model, shape, classes if need_data is True else 0)
-        if need_spec:
-            model, spec = resolve_model(args.model, shape, classes, seed=model_seed,
-                                        infer=getattr(args, "infer", False),
-                                        spec_path=spec_path,
-                                        check=not getattr(args, "no_spec_check", False))
-    if callable(need_data) and need_data(model):
+    with library_output(getattr(args, "verbose", False)), memory_errors(name):
+        resolved = resolve(name, shape, classes, seed=model_seed,
+                           infer=getattr(args, "infer", False), spec_path=spec_path,
+                           check=not getattr(args, "no_spec_check", False),
+                           need_spec=need_spec, min_outputs=classes if need_data is True else 0)
+    model = resolved.model
+    wanted = need_data is True or (callable(need_data) and need_data(model))
+    if wanted and text:
+        data = text_data(args, resolved)
+    elif wanted and data is None:
         data = load_data(args)
         model_io(args, data)  # the data must fit the model built from --dataset's shape
-    reference = model.state_dict()
-    states = [load_checkpoint_for(path, reference) for path in checkpoints]
-    return Inputs(device, shape, classes, model, spec, data, states)
+    states = [load_checkpoint(path, model) for path in checkpoints]
+    return Inputs(device, shape, classes, model, resolved.spec, data, states,
+                  resolved.example, resolved.folder)

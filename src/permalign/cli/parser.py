@@ -87,10 +87,13 @@ COUNT = integer(1)  # sizes of subsets, batches
 
 
 # ------------------------------------------------------------------ shared options
-def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
-    p.add_argument("--model", required=True,
-                   help="zoo model string (mlp:depth=3,width=512, resnet20:width=4,norm=ln, ...) "
-                   "or your own factory as package.module:function (spec inferred)")
+def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False,
+                   dataset: str | None = "digits") -> None:
+    p.add_argument("--model",
+                   help="zoo model string (mlp:depth=3,width=512, resnet20:width=4,norm=ln, ...), "
+                   "your own factory as package.module:function, a Hugging Face folder as "
+                   "hf:FOLDER, or timm:NAME / torchvision:NAME (spec inferred for all but the "
+                   "zoo); may be left out when the first checkpoint is a Hugging Face folder")
     p.add_argument("--infer", action="store_true",
                    help="infer the spec from the model graph even for zoo models")
     if spec:
@@ -98,7 +101,7 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
                        "own (checked against the model's outputs first)")
         p.add_argument("--no-spec-check", action="store_true",
                        help="use --spec without checking that it preserves the outputs")
-    add_data_args(p)
+    add_data_args(p, dataset)
     p.add_argument("--input-shape", type=input_shape, help="model input shape, e.g. 1,28,28 "
                    "(default: the data set's)")
     p.add_argument("--num-classes", type=integer(1, MAX_CLASSES),
@@ -108,7 +111,9 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
     p.add_argument("--dataset", default=default,
-                   help="digits (bundled), fashion-mnist, mnist, cifar10 or cifar100")
+                   help="digits (bundled), fashion-mnist, mnist, cifar10, cifar100, or "
+                   "text:FILE (a UTF-8 text file for a language model: next-token loss and "
+                   "accuracy)")
     p.add_argument("--data-dir", help="folder holding the data set's files (default: "
                    "$PERMALIGN_DATA/<name>, then /usr/share/datasets/<name>)")
 
@@ -199,16 +204,19 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=COUNT, default=128, help="minibatch size")
     p.add_argument("--train-subset", type=COUNT,
                    help="train on this many examples (default: all)")
-    p.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors)")
+    p.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors; "
+                   "a folder for hf: models)")
     add_output_args(p)
 
     p = sub.add_parser("align", help="permute checkpoint B to line up with checkpoint A")
-    p.add_argument("a", help="checkpoint of model A, the reference (.pt or .safetensors)")
-    p.add_argument("b", help="checkpoint of model B, the one permuted")
+    p.add_argument("a", help="checkpoint of model A (the reference; .pt, .safetensors or a "
+                   "Hugging Face folder)")
+    p.add_argument("b", help="checkpoint of model B (the one permuted)")
     add_model_args(p, spec=True)
     add_method_args(p)
     p.add_argument("--seed", type=SEED, default=0, help="seed of the matching")
-    p.add_argument("--out", required=True, help="aligned B checkpoint to write")
+    p.add_argument("--out", required=True, help="aligned B checkpoint to write (a folder for "
+                   "hf: models)")
     p.add_argument("--perm-out", help="also write the permutation and its history as JSON "
                    "(written together with --out)")
     add_output_args(p)
@@ -230,13 +238,14 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     add_output_args(p)
 
     p = sub.add_parser("merge", help="merge two or more checkpoints (MergeMany)")
-    p.add_argument("checkpoints", nargs="+",
-                   help="checkpoints of the models to merge (two or more, same --model)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to merge (two "
+                   "or more files or Hugging Face folders, same --model)")
     add_model_args(p)
     p.add_argument("--seed", type=SEED, default=0, help="seed of the merge's visiting order")
     p.add_argument("--no-bn-reset", action="store_true",
                    help="skip re-estimating BatchNorm statistics of the merged model")
-    p.add_argument("--out", required=True, help="merged checkpoint to write")
+    p.add_argument("--out", required=True, help="merged checkpoint to write (a folder for "
+                   "hf: models)")
     add_output_args(p)
 
     from ..experiments import REGISTRY, SCALES
@@ -260,6 +269,24 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
                    "results.json (or a folder of such folders)")
     p.add_argument("--out", default="RESULTS.md", help="markdown file to write")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+    p = sub.add_parser("diagnose", help="why is my alignment or merge bad? spec coverage, "
+                       "function check, planted self-test, objective, correlations, barriers, "
+                       "hints")
+    p.add_argument("a", help="checkpoint of model A (file or Hugging Face folder)")
+    p.add_argument("b", help="checkpoint of model B")
+    add_model_args(p, spec=True, dataset=None)
+    add_method_args(p)
+    p.add_argument("--init-a", help="model A's initial weights (checkpoint), to measure how "
+                   "far training moved them")
+    p.add_argument("--init-b", help="model B's initial weights (checkpoint)")
+    p.add_argument("--points", type=integer(2, MAX_POINTS), default=11,
+                   help="points on each interpolation curve (with --dataset)")
+    p.add_argument("--eval-subset", type=COUNT, default=2000,
+                   help="examples per split for correlations and barriers (with --dataset)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the matching and the tests")
+    p.add_argument("--out", help="also write the report as JSON")
+    add_output_args(p)
 
     p = sub.add_parser("spec", help="print (and save) a model's permutation spec")
     add_model_args(p)
