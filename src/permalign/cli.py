@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,10 @@ from .match import METHODS
 from .models import resolve_model
 from .provenance import provenance
 from .spec import PermutationSpec
-from .train import DEFAULT_EPOCHS, TrainConfig
-from .workflow import align, compare_alignments, train_from_seed
+from .augment import augmentation_for
+from .recipes import DEFAULT_RECIPE, RECIPES, get_recipe
+from .train import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
+from .workflow import align, compare_alignments, train_from_seed, train_seed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,22 +167,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     check_writable(args.out, force=args.force)
+    if args.save_init:
+        check_writable(args.save_init, force=args.force)
     device = _device(args.device)
+    cfg = get_recipe(args.recipe).config(
+        dataset=args.dataset, seed=args.seed, epochs=args.epochs, lr=args.lr,
+        optimizer=args.optimizer, batch_size=args.batch_size, weight_decay=args.weight_decay)
+    _model(args)  # fail on a bad model string before loading data and training
     data = _data(args)
     if args.train_subset:
         data = data.subset(train=args.train_subset)
-    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[canonical_name(
-        args.dataset)]
-    cfg = TrainConfig(epochs=epochs, seed=args.seed, lr=args.lr, optimizer=args.optimizer,
-                      batch_size=args.batch_size)
-    _model(args)  # fail on a bad model string before training starts
-    state = train_from_seed(args.model, data, cfg, device=device, progress=not args.quiet)
+    print(f"training {args.model} on {data.name} ({len(data.train_x)} examples), recipe "
+          f"{cfg.recipe}\nsettings: {cfg.optimizer}, lr {cfg.lr:g}, {cfg.schedule} schedule, weight decay "
+          f"{cfg.weight_decay:g}, batch {cfg.batch_size}, {cfg.epochs} epochs, augmentation "
+          f"{augmentation_for(data.name, data.input_shape, enabled=cfg.augment).describe()}",
+          flush=True)
+    run = train_seed(args.model, data, cfg, device=device, progress=not args.quiet)
     model, _ = _model(args)
-    model.load_state_dict(state)
+    model.load_state_dict(run.state)
+    from .diagnostics import distance_to_init
     from .evaluate import evaluate
     loss, acc = evaluate(model, data.test_x, data.test_y)
-    save_state_dict(state, args.out, force=args.force)
-    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}; wrote {args.out}")
+    moved = distance_to_init(run.state, run.initial)
+    save_state_dict(run.state, args.out, force=args.force)
+    if args.save_init:
+        save_state_dict(run.initial, args.save_init, force=args.force)
+    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}; weights' cosine to their "
+          f"initialisation {moved.cosine:.4f} (moved {moved.relative_distance:.1%} of its norm); "
+          f"wrote {args.out}" + (f" and {args.save_init}" if args.save_init else ""))
     return 0
 
 
@@ -320,6 +335,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
+def _number(kind: type, bound: float, wording: str, *, strict: bool = False):
+    """An argparse type: a finite ``kind`` >= ``bound`` (> ``bound`` if ``strict``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wording}") from None
+        if not math.isfinite(value) or value < bound or (strict and value == bound):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wording}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _recipe_defaults(setting: str) -> str:
+    """``official-mlp 100, official-conv 250, ...``: a setting's value in every recipe."""
+    def value(recipe) -> str:
+        v = getattr(recipe, setting)
+        return "per data set" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{r.name} {value(r)}" for r in RECIPES.values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="permalign", description="Align and merge neural networks modulo "
                      "permutation symmetries (Git Re-Basin).")
@@ -342,15 +379,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a model from a seed and save its state dict")
+    p = sub.add_parser("train", help="train a model from a seed and save its state dict",
+                       description="Train a model from a seed with a named recipe (any of its "
+                       "settings can be overridden) and save its state dict. Recipes: "
+                       + "; ".join(r.summary() for r in RECIPES.values())
+                       + ". Their sources are in permalign.recipes.")
     _add_model_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--train-subset", type=int)
+    p.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
+                   help=f"training preset (default: {DEFAULT_RECIPE})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initialisation, shuffling and augmentation (default: 0)")
+    p.add_argument("--epochs", type=_number(int, 0, "an integer >= 0"),
+                   help="passes over the training data (default: the recipe's; "
+                   + _recipe_defaults("epochs") + ")")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="optimiser (default: the recipe's; " + _recipe_defaults("optimizer")
+                   + ")")
+    p.add_argument("--lr", type=_number(float, 0, "finite and > 0", strict=True),
+                   help="peak learning rate (default: the recipe's; " + _recipe_defaults("lr")
+                   + ")")
+    p.add_argument("--weight-decay", type=_number(float, 0, "finite and >= 0"),
+                   help="L2 weight decay (default: the recipe's; "
+                   + _recipe_defaults("weight_decay") + ")")
+    p.add_argument("--batch-size", type=_number(int, 1, "an integer >= 1"),
+                   help="minibatch size (default: the recipe's; "
+                   + _recipe_defaults("batch_size") + ")")
+    p.add_argument("--train-subset", type=_number(int, 1, "an integer >= 1"),
+                   help="train on a seeded random subset of this many examples (default: all)")
     p.add_argument("--out", required=True, help="checkpoint (.pt or .safetensors)")
+    p.add_argument("--save-init", metavar="PATH",
+                   help="also save the seed's initial state dict (default: not saved)")
     _add_output_args(p)
     p.set_defaults(func=cmd_train)
 

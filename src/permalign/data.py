@@ -67,6 +67,17 @@ class Dataset:
                              self.test_x, self.test_y, self.num_classes)
                      for i in (first, second))  # type: ignore[return-value]
 
+    def downsampled(self, factor: int) -> "Dataset":
+        """Images average-pooled by ``factor`` x ``factor`` (e.g. 28x28 -> 14x14 for 2), then
+        re-standardised with the training split's per-channel statistics."""
+        if factor < 1 or len(self.input_shape) != 3:
+            raise PermalignError("downsampling needs image data (C, H, W) and a factor >= 1")
+        if factor == 1:
+            return self
+        pool = torch.nn.functional.avg_pool2d
+        train_x, test_x = _standardise(pool(self.train_x, factor), pool(self.test_x, factor))
+        return Dataset(self.name, train_x, self.train_y, test_x, self.test_y, self.num_classes)
+
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(self.name, self.train_x.to(device), self.train_y.to(device),
                        self.test_x.to(device), self.test_y.to(device), self.num_classes)
