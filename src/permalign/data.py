@@ -73,6 +73,17 @@ class Dataset:
                              train_y=self.train_y[torch.cat(i)])
                      for i in (first, second))  # type: ignore[return-value]
 
+    def downsampled(self, factor: int) -> "Dataset":
+        """Images average-pooled by ``factor`` x ``factor`` (e.g. 28x28 -> 14x14 for 2), then
+        re-standardised with the training split's per-channel statistics."""
+        if factor < 1 or len(self.input_shape) != 3:
+            raise PermalignError("downsampling needs image data (C, H, W) and a factor >= 1")
+        if factor == 1:
+            return self
+        pool = torch.nn.functional.avg_pool2d
+        train_x, test_x = _standardise(pool(self.train_x, factor), pool(self.test_x, factor))
+        return Dataset(self.name, train_x, self.train_y, test_x, self.test_y, self.num_classes)
+
     def to(self, device: torch.device | str) -> "Dataset":
         return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
                        test_x=self.test_x.to(device), test_y=self.test_y.to(device))

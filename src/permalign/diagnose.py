@@ -15,9 +15,8 @@
   close to their initialisation (or a note that the initial weights are unknown), a thin
   model, BatchNorm without reset, low coverage, matching that stalls.
 
-The cosine-to-initialisation, objective-cosine and matched-correlation helpers below are the
-minimal versions this report needs; ``permalign.diagnostics`` (recipes branch) has fuller ones
-and should replace them when both are in main.
+The objective, distance-to-initialisation and matched-correlation measurements come from
+:mod:`permalign.diagnostics`, which the experiments report as well.
 """
 from __future__ import annotations
 
@@ -34,10 +33,9 @@ from torch import nn
 from .data import Dataset
 from .errors import PermalignError, SpecError
 from .interpolation import Curve, interpolation_curve
-from .match.activation import activation_statistics
-from .match.weight import default_similarity_key, matching_objective, weight_matching
-from .permutation import (_flat_outputs, apply_permutation, check_spec, identity_permutation,
-                          invert, random_permutation)
+from .diagnostics import distance_to_init, matched_activation_correlation, objective_change
+from .match.weight import matching_objective, weight_matching
+from .permutation import (_flat_outputs, apply_permutation, check_spec, invert, random_permutation)
 from .spec import Permutation, PermutationSpec
 from .statedict import has_batchnorm
 from .workflow import align
@@ -118,47 +116,6 @@ def planted_self_test(spec: PermutationSpec, state: StateDict, *, seed: int = 0
     return {"units_recovered": right / units if units else float("nan"),
             "objective_ratio": got / best if best else float("nan"),
             "sweeps": len(found.history)}
-
-
-def objective_change(spec: PermutationSpec, state_a: StateDict, state_b: StateDict,
-                     perm: Permutation) -> dict[str, float]:
-    """The weight-matching objective sum <W_A, pi(W_B)> for the identity and for ``perm``,
-    and both as cosines (divided by ||W_A|| ||W_B|| over the same tensors)."""
-    keys = {m.key for g in spec.groups.values() for m in g.members
-            if default_similarity_key(m.key)}
-    scale = math.sqrt(sum(float(state_a[k].double().pow(2).sum()) for k in keys)
-                      * sum(float(state_b[k].double().pow(2).sum()) for k in keys))
-    before = matching_objective(spec, state_a, state_b, identity_permutation(spec))
-    after = matching_objective(spec, state_a, state_b, perm)
-    return {"before": before, "after": after,
-            "cosine_before": before / scale if scale else float("nan"),
-            "cosine_after": after / scale if scale else float("nan")}
-
-
-def cosine_to_init(state: StateDict, initial: StateDict) -> float:
-    """Cosine between the weight matrices (tensors with >= 2 axes) and their initial values."""
-    dot = now = init = 0.0
-    for key, value in state.items():
-        if key in initial and value.is_floating_point() and value.dim() >= 2:
-            a, b = value.double().reshape(-1), initial[key].double().reshape(-1)
-            dot, now, init = dot + float(a @ b), now + float(a @ a), init + float(b @ b)
-    return dot / math.sqrt(now * init) if now and init else float("nan")
-
-
-def matched_correlation(spec: PermutationSpec, model: nn.Module, state_a: StateDict,
-                        state_b: StateDict, perm: Permutation, x: torch.Tensor, *,
-                        device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
-    """Per group, the mean correlation of A's unit i with B's unit ``perm[i]`` on inputs ``x``
-    (``after``), and with B's unit i (``before``)."""
-    moments = activation_statistics(spec, model, state_a, state_b, x, device=device)
-    out = {}
-    for group, m in moments.items():
-        corr = m.correlation().cpu()  # (n, n): A's units x B's units
-        rows = torch.arange(corr.shape[0])
-        out[group] = {"before": float(corr.diagonal().mean()),
-                      "after": float(corr[rows, torch.as_tensor(perm[group]).cpu()].mean()),
-                      "units": corr.shape[0]}
-    return out
 
 
 # ------------------------------------------------------------------ the report
@@ -248,9 +205,10 @@ def diagnose(model: nn.Module, spec: PermutationSpec, state_a: StateDict, state_
                       device=device, **(method_options or {}))
     report = Diagnosis(model=info, coverage=spec_coverage(model, spec), function=function,
                        planted=planted,
-                       objective=objective_change(spec, state_a, state_b, result.perm),
+                       objective=objective_change(spec, state_a, state_b,
+                                                  result.perm).to_json(),
                        method=method)
-    inits = {f"{name}": cosine_to_init(s, i)
+    inits = {f"{name}": _cosine_to_init(s, i)
              for name, s, i in (("A", state_a, init_a), ("B", state_b, init_b)) if i is not None}
     report.init = inits or None
     if data is not None:
@@ -260,14 +218,23 @@ def diagnose(model: nn.Module, spec: PermutationSpec, state_a: StateDict, state_
     return report
 
 
+def _cosine_to_init(state: StateDict, initial: StateDict) -> float:
+    """Cosine of the weight matrices to their initial values (NaN if they share none)."""
+    try:
+        return distance_to_init(state, initial).cosine
+    except ValueError:
+        return float("nan")
+
+
 def _measure_with_data(report: Diagnosis, model: nn.Module, spec: PermutationSpec,
                        state_a: StateDict, state_b: StateDict, perm: Permutation,
                        data: Dataset, *, points: int, eval_examples: int | None,
                        device: torch.device | str) -> None:
     x = data.train_x[:eval_examples] if eval_examples else data.train_x
     try:
-        report.correlation = matched_correlation(spec, model, state_a, state_b, perm, x,
-                                                 device=device)
+        per_group = matched_activation_correlation(spec, model, state_a, state_b, perm, x,
+                                                   device=device)
+        report.correlation = {g: c.to_json() for g, c in per_group.items()}
     except PermalignError as exc:
         report.correlation_note = f"not measured ({exc})"
     if eval_examples:

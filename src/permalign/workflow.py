@@ -14,16 +14,21 @@ from .match import MatchResult, get_method
 from .models import build_model
 from .permutation import apply_permutation
 from .spec import PermutationSpec
-from .train import TrainConfig, train_model
+from .train import TrainConfig, TrainRun, train_run
+
+
+def train_seed(model_string: str, data: Dataset, cfg: TrainConfig, *,
+               device: torch.device | str = "cpu", progress: bool = True) -> TrainRun:
+    """Build a model from ``cfg.seed`` and train it: final and initial state dicts (CPU)."""
+    model = build_model(model_string, data.input_shape, data.num_classes, seed=cfg.seed)
+    return train_run(model, data, cfg, device=device, progress=progress)
 
 
 def train_from_seed(model_string: str, data: Dataset, cfg: TrainConfig, *,
                     device: torch.device | str = "cpu", progress: bool = True
                     ) -> dict[str, torch.Tensor]:
     """Build a model from ``cfg.seed``, train it, and return its state dict on the CPU."""
-    model = build_model(model_string, data.input_shape, data.num_classes, seed=cfg.seed)
-    train_model(model, data, cfg, device=device, progress=progress)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return train_seed(model_string, data, cfg, device=device, progress=progress).state
 
 
 def align(method: str, spec: PermutationSpec, model: nn.Module,

@@ -17,13 +17,16 @@ from ..data import canonical_name, is_text, load_dataset
 from ..errors import PermalignError
 from ..evaluate import evaluate
 from ..interpolation import interpolation_curve
-from ..io import atomic_write_text
+from ..augment import augmentation_for
+from ..diagnostics import distance_to_init
+from ..io import atomic_write_text, save_state_dict
 from ..match import METHODS, get_method
 from ..merge import merge_many
 from ..models import resolve_model
 from ..provenance import provenance
+from ..recipes import get_recipe
 from ..statedict import has_batchnorm
-from ..train import DEFAULT_EPOCHS, TrainConfig, train_model
+from ..train import DEFAULT_EPOCHS, TrainConfig, train_run
 from ..workflow import align, align_and_compare, train_from_seed
 from .inputs import check_output, parse_device, resolve_inputs
 
@@ -105,26 +108,41 @@ def _default_epochs(dataset: str) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
     check_output(args, args.out)
+    output.declare(args.save_init, "--save-init")
+    recipe = get_recipe(args.recipe)
+    epochs = args.epochs
+    if epochs is None and recipe.epochs is None:
+        epochs = _default_epochs(args.dataset)
+    cfg = recipe.config(dataset=args.dataset if not is_text(args.dataset) else "digits",
+                        seed=args.seed, epochs=epochs, lr=args.lr, optimizer=args.optimizer,
+                        batch_size=args.batch_size, weight_decay=args.weight_decay)
     inputs = resolve_inputs(args, need_data=True, need_spec=False, model_seed=args.seed)
     data, model = inputs.data, inputs.model
     if args.train_subset:
         data = data.subset(train=args.train_subset)
-    epochs = args.epochs if args.epochs is not None else _default_epochs(args.dataset)
-    cfg = TrainConfig(epochs=epochs, seed=args.seed, lr=args.lr, optimizer=args.optimizer,
-                      batch_size=args.batch_size)
-    train_model(model, data, cfg, device=inputs.device, progress=not args.quiet)
+    augment = augmentation_for(data.name, data.input_shape, enabled=cfg.augment)
+    print(f"training {args.model or inputs.folder} on {data.name} ({len(data.train_x)} "
+          f"examples), recipe {cfg.recipe}: {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}), "
+          f"weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
+          f"augmentation {augment.describe()}", flush=True)
+    run = train_run(model, data, cfg, device=inputs.device, progress=not args.quiet)
     loss, acc = evaluate(model, data.test_x.to(inputs.device), data.test_y.to(inputs.device),
                          task=data.task)
+    moved = distance_to_init(run.state, run.initial)
     inputs.save(model.state_dict(), args.out, force=args.force,
                 title=f"{Path(args.out).name}: trained by permalign",
                 summary=f"The model of `{args.model}` trained by `permalign train` on "
-                f"{data.name} for {epochs} epochs (seed {args.seed}).",
-                details={"data": data.name, "epochs": epochs, "optimizer": args.optimizer,
-                         "learning rate": args.lr, "test loss": f"{loss:.4f}",
-                         "test accuracy": f"{acc:.4f}"},
+                f"{data.name} for {cfg.epochs} epochs (recipe {cfg.recipe}, seed {args.seed}).",
+                details={"data": data.name, "recipe": cfg.recipe, "epochs": cfg.epochs,
+                         "optimizer": cfg.optimizer, "learning rate": cfg.lr,
+                         "weight decay": cfg.weight_decay, "batch size": cfg.batch_size,
+                         "test loss": f"{loss:.4f}", "test accuracy": f"{acc:.4f}"},
                 provenance=provenance(seeds={"training": args.seed}, device=inputs.device,
                                       started=started))
-    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}")
+    if args.save_init:
+        save_state_dict(run.initial, args.save_init, force=args.force)
+    print(f"test loss {loss:.4f}, test accuracy {acc:.4f}; weights' cosine to their "
+          f"initialisation {moved.cosine:.4f} (moved {moved.relative_distance:.1%} of its norm)")
     return 0
 
 

@@ -67,6 +67,17 @@ def positive_number(text: str) -> float:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def input_shape(text: str) -> tuple[int, ...]:
     """``1,28,28`` (or ``1x28x28``) as a tuple of positive integers of bounded size."""
     try:
@@ -191,21 +202,39 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     add_device_arg(p)
     add_output_args(p)
 
-    p = sub.add_parser("train", help="train a model from a seed and save its state dict")
+    from ..recipes import DEFAULT_RECIPE, RECIPES, recipe_defaults
+    from ..train import OPTIMIZERS
+    p = sub.add_parser("train", help="train a model from a seed and save its state dict",
+                       description="Train a model from a seed with a named recipe (any of its "
+                       "settings can be overridden) and save its state dict. Recipes: "
+                       + "; ".join(r.summary() for r in RECIPES.values())
+                       + ". Their sources: permalign.recipes.")
     add_model_args(p)
+    p.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
+                   help="training preset")
     p.add_argument("--seed", type=SEED, default=0,
-                   help="seed of the initial weights and of the batch order")
+                   help="seed of the initial weights, the batch order and the augmentation")
     p.add_argument("--epochs", type=integer(0, MAX_EPOCHS),
-                   help="training epochs (default: per data set)")
-    p.add_argument("--lr", type=positive_number, default=1e-3,
-                   help="peak learning rate (warm-up, then cosine decay)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
-                   help="optimiser (sgd: Nesterov momentum 0.9)")
-    p.add_argument("--batch-size", type=COUNT, default=128, help="minibatch size")
+                   help="passes over the training data (default: the recipe's; "
+                   + recipe_defaults("epochs") + ")")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="optimiser (default: the recipe's; " + recipe_defaults("optimizer") + ")")
+    p.add_argument("--lr", type=positive_number,
+                   help="peak learning rate (default: the recipe's; " + recipe_defaults("lr")
+                   + ")")
+    p.add_argument("--weight-decay", type=non_negative_number,
+                   help="L2 weight decay (default: the recipe's; "
+                   + recipe_defaults("weight_decay") + ")")
+    p.add_argument("--batch-size", type=COUNT,
+                   help="minibatch size (default: the recipe's; " + recipe_defaults("batch_size")
+                   + ")")
     p.add_argument("--train-subset", type=COUNT,
                    help="train on this many examples (default: all)")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors; "
                    "a folder for hf: models)")
+    p.add_argument("--save-init", metavar="PATH",
+                   help="also save the seed's initial weights (a state-dict file), so that "
+                   "diagnose --init-a/--init-b can say how far training moved them")
     add_output_args(p)
 
     p = sub.add_parser("align", help="permute checkpoint B to line up with checkpoint A")
