@@ -25,6 +25,7 @@ from .match import MatchResult
 from .merge import merge_many
 from .permutation import check_spec
 from .spec import PermutationSpec
+from .statedict import has_batchnorm
 from .workflow import align as align_states
 
 DataLike = Dataset | tuple[torch.Tensor, ...] | torch.Tensor | None
@@ -109,8 +110,7 @@ def merge(models: Sequence[nn.Module], example_inputs: Any, data: DataLike = Non
     work = copy.deepcopy(models[0])
     spec = _spec(work, example_inputs, example_kwargs, spec, check)
     dataset = as_dataset(data)
-    if dataset is None and bn_reset and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                            for m in work.modules()):
+    if dataset is None and bn_reset and has_batchnorm(work):
         raise PermalignError("the models have BatchNorm layers: pass data (their inputs) to "
                              "re-estimate the merged statistics, or bn_reset=False")
     result = merge_many(spec, states, seed=seed, max_rounds=max_rounds, device=device,
