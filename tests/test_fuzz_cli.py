@@ -108,7 +108,9 @@ def vectors(draw, command: str) -> list[str]:
                                             "--epochs": ["0", "1", "2", "-1", "x", "100001"],
                                             "--lr": FLOATS, "--batch-size": INTS,
                                             "--seed": INTS, "--optimizer": ["adam", "sgd", "x"],
-                                            "--train-subset": INTS})
+                                            "--train-subset": INTS,
+                                            "--recipe": ["quick-adam", "official-conv", "x"],
+                                            "--weight-decay": FLOATS, "--save-init": OUTPUTS})
     elif command in ("align", "interpolate"):
         argv = [draw(st.sampled_from(INPUTS)), draw(st.sampled_from(INPUTS))] + model
         if command == "align":
@@ -126,6 +128,13 @@ def vectors(draw, command: str) -> list[str]:
                                    "--points": ["2", "3", "1", "0", "x", "1000000000"],
                                    "--eval-subset": ["50", "1", "0", "x"], "--repair": None,
                                    "--bn-reset": None, "--no-bn-reset": None})
+    elif command == "diagnose":
+        argv = [draw(st.sampled_from(INPUTS)), draw(st.sampled_from(INPUTS))] + model
+        argv += options(draw, {**MODEL_FLAGS, **common, "--out": OUTPUTS,
+                               "--init-a": INPUTS, "--init-b": INPUTS,
+                               "--method": ["weight", "activation", "magic"],
+                               "--points": ["2", "3", "1", "x", "1000000000"],
+                               "--eval-subset": ["50", "1", "0", "x"], "--seed": INTS})
     elif command == "merge":
         argv = ["good.pt"] + draw(st.lists(st.sampled_from(INPUTS), max_size=2)) + model + out
         argv += options(draw, {**MODEL_FLAGS, **common, "--seed": INTS, "--no-bn-reset": None})
@@ -191,7 +200,13 @@ def check_vector(argv: list[str], folder: Path) -> None:
         assert path in after, (argv, f"{path} was removed")
 
 
-COMMANDS = ["train", "align", "interpolate", "merge", "spec", "report", "demo", "experiment"]
+COMMANDS = ["train", "align", "interpolate", "merge", "spec", "report", "demo", "experiment",
+            "diagnose"]
+
+
+def test_every_command_is_fuzzed():
+    from permalign.cli.commands import COMMANDS as ALL
+    assert sorted(COMMANDS) == sorted(ALL)
 
 
 def fuzz(command: str, examples: int):
