@@ -20,7 +20,8 @@ from torch import nn
 from ..errors import SpecError
 from ..infer import infer_spec
 from ..match.weight import matching_objective, weight_matching
-from ..permutation import _flat_outputs, apply_permutation, invert, random_permutation
+from ..permutation import (_flat_outputs, apply_permutation, cast_floats, invert,
+                           random_permutation)
 from ..spec import PermutationSpec, StateDict
 from .catalogue import Case
 
@@ -71,16 +72,6 @@ def outputs(model: nn.Module, inputs: tuple, kwargs: dict) -> list[torch.Tensor]
         return _flat_outputs(model(*inputs, **kwargs))
 
 
-def _to(value: Any, dtype: torch.dtype) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.to(dtype)
-    if isinstance(value, tuple | list):
-        return type(value)(_to(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _to(v, dtype) for k, v in value.items()}
-    return value
-
-
 def permuted_outputs_differ(model: nn.Module, spec: PermutationSpec, inputs: tuple,
                             kwargs: dict, generator: torch.Generator,
                             dtype: torch.dtype = torch.float64) -> float:
@@ -99,7 +90,7 @@ def permuted_outputs_differ(model: nn.Module, spec: PermutationSpec, inputs: tup
     work = copy.deepcopy(reference_model)
     state = reference_model.state_dict()
     work.load_state_dict(apply_permutation(spec, random_permutation(spec, generator), state))
-    inputs, kwargs = _to(inputs, dtype), _to(kwargs, dtype)
+    inputs, kwargs = cast_floats(inputs, dtype), cast_floats(kwargs, dtype)
     reference = outputs(reference_model, inputs, kwargs)
     worst = 0.0
     for ref, got in zip(reference, outputs(work, inputs, kwargs), strict=True):
