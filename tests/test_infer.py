@@ -411,6 +411,28 @@ def test_integer_index_is_never_a_unit(in_forward):
         assert not any(m.key == "index" for g in spec.groups.values() for m in g.members)
 
 
+class MeshOfParameters(nn.Module):
+    """meshgrid of two learned vectors: each output axis carries one input's units."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.q = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(5))
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):  # (B, 5)
+        gp, gq = torch.meshgrid(self.p, self.q, indexing="ij")  # (4, 5) each
+        return self.fc(x * (gp * gq).sum(0))
+
+
+def test_meshgrid_carries_input_axes():
+    """Fails if meshgrid's outputs are not tied to its inputs (q would move without fc)."""
+    torch.manual_seed(0)
+    model = MeshOfParameters().eval()
+    x = torch.randn(3, 5)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+
+
 class ValueIndexed(nn.Module):
     """A table looked up by an index computed from hidden units: the index tensor's axes are
     the result's, so the hidden units stay one group from fc1 through the lookup to fc2."""
