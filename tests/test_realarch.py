@@ -13,23 +13,17 @@ from torch import nn
 
 from permalign.testing import CASES, run_case
 
-# Cases known to fail with today's inference rules, and why (issue 10 items 2-6). strict: a
-# fix makes the test pass, and then this entry must go.
-KNOWN = {
-    "transformers/beit": "no rule for aten.meshgrid (relative position index built in forward)",
-    "transformers/mixtral": "no rule for aten.histc (grouped-mm expert routing), issue 10 item 6",
-    "torchvision/mnasnet": "apply_permutation drops state-dict _metadata, issue 10 item 3",
-    "torchvision/swin": "int relative_position_index buffer becomes a group, issue 10 item 2",
-    "torchvision/maxvit": "int relative_position_index buffer becomes a group, issue 10 item 2",
-    "transformers/mamba": "zeros() fixes the SSM channels, issue 10 item 5",
-    "torchvision/shufflenet": "reshape fallback fixes pass-through channels, issue 10 item 4",
-    "timm/swin": "reshape fallback fixes the residual stream, issue 10 item 4",
-}
+# Cases known to fail with today's inference rules, and why. strict: a fix makes the test
+# pass, and then this entry must go. (Issue 10 items 2-6 are fixed: BEiT, Mixtral, MNASNet,
+# torchvision Swin/MaxViT, Mamba, ShuffleNet and timm Swin pass.)
+KNOWN: dict[str, str] = {}
 
 # a few cases of each kind run in the default suite; the rest are marked slow
 DEFAULT = {"transformers/vit", "transformers/bert", "transformers/mobilenet_v2",
            "transformers/convnext", "transformers/llama", "transformers/t5",
-           "torchvision/resnet18", "torchvision/mobilenet_v2", "timm/vit", "timm/mixer"}
+           "torchvision/resnet18", "torchvision/mobilenet_v2", "timm/vit", "timm/mixer",
+           "transformers/beit", "transformers/mamba", "transformers/mixtral",
+           "torchvision/swin", "torchvision/mnasnet", "torchvision/shufflenet", "timm/swin"}
 
 
 def _param(name: str):
