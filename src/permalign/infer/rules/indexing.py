@@ -26,7 +26,8 @@ def index(ctx: Context, args: dict[str, Any]) -> None:
     index_terms = [ctx.terms(indices[i]) for i in used]
     if any(t is None for t in index_terms) or any(
             not ctx.is_integer(indices[i]) or _is_mask(indices[i]) for i in used):
-        ctx.fix_all(out, "result of tensor indexing")  # masks: positions depend on values
+        # boolean masks: which positions survive depends on values (always safe to fix)
+        ctx.fix_all(list(x) + list(out), "indexed by a boolean mask")
         return
     rest = [t for i, t in enumerate(x) if i not in used]
     n_broadcast = len(out) - len(rest)
