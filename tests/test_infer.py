@@ -349,3 +349,279 @@ def test_hugging_face_models(name):
                     if any(m.key.endswith("layers.0.self_attn.q_proj.weight") and m.axis == 0
                            for m in g.members)]
         assert sorted(g.size for g in q_groups) == [2, 2]
+
+
+# ------------------------------------------------------------------ issue 10, phase 2
+def free_places(spec) -> set[str]:
+    """``key:axis`` of every state-dict axis some group permutes."""
+    return {f"{m.key}:{m.axis}" for g in spec.groups.values() for m in g.members}
+
+
+def assert_preserved(model: nn.Module, spec, inputs: tuple, trials: int = 3) -> None:
+    """Permute at random, load_state_dict, forward (float64 where it runs): unchanged."""
+    from permalign.testing.harness import permuted_outputs_differ
+    for seed in range(trials):
+        diff = permuted_outputs_differ(model, spec, inputs, {},
+                                       torch.Generator().manual_seed(seed))
+        assert diff < 1e-9, f"outputs changed by {diff:.3g} (relative)"
+
+
+def relative_index(window: int) -> torch.Tensor:
+    """Swin's (n, n) relative position index of an n = window x window window (int64)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
+                                        indexing="ij")).flatten(1)  # (2, n)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1  # (n, n, 2)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+class RelativeBiasAttention(nn.Module):
+    """Windowed attention with a relative position bias looked up by an integer index: a
+    persistent buffer (torchvision Swin/MaxViT) or built in forward (BEiT, meshgrid)."""
+
+    def __init__(self, window: int = 3, heads: int = 2, dim: int = 8, in_forward: bool = False):
+        super().__init__()
+        self.window, self.heads, self.in_forward = window, heads, in_forward
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads))
+        if not in_forward:
+            self.register_buffer("index", relative_index(window))  # persistent, int64
+
+    def forward(self, x):  # (B, n, dim)
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        index = relative_index(self.window) if self.in_forward else self.index
+        bias = self.table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
+        attn = (q @ k.transpose(-1, -2) + bias).softmax(-1)  # (B, heads, n, n)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+
+
+@pytest.mark.parametrize("in_forward", [False, True], ids=["buffer", "meshgrid"])
+def test_integer_index_is_never_a_unit(in_forward):
+    """An int index (buffer or built from arange + meshgrid) is fixed and relates to what it
+    indexes; heads stay free. Fails if integer buffers become groups (torchvision Swin)."""
+    torch.manual_seed(0)
+    model = RelativeBiasAttention(in_forward=in_forward).eval()
+    x = torch.randn(2, 9, 8)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+    assert "qkv.weight:0" in free_places(spec)
+    if not in_forward:
+        assert "index:0" in spec.fixed and "index:1" in spec.fixed
+        assert not any(m.key == "index" for g in spec.groups.values() for m in g.members)
+
+
+class MeshOfParameters(nn.Module):
+    """meshgrid of two learned vectors: each output axis carries one input's units."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.q = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(5))
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):  # (B, 5)
+        gp, gq = torch.meshgrid(self.p, self.q, indexing="ij")  # (4, 5) each
+        return self.fc(x * (gp * gq).sum(0))
+
+
+def test_meshgrid_carries_input_axes():
+    """Fails if meshgrid's outputs are not tied to its inputs (q would move without fc)."""
+    torch.manual_seed(0)
+    model = MeshOfParameters().eval()
+    x = torch.randn(3, 5)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+
+
+class ValueIndexed(nn.Module):
+    """A table looked up by an index computed from hidden units: the index tensor's axes are
+    the result's, so the hidden units stay one group from fc1 through the lookup to fc2."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.table = nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x):  # (B, 6)
+        idx = (self.fc1(x) > 0).long()  # (B, 8)
+        return self.fc2(self.table[idx].sum(-1))  # (B, 8, 4) -> (B, 8) -> (B, 3)
+
+
+def test_index_relates_index_axes_to_result():
+    """Fails if the index rule fixes the result (no group) or leaves it unrelated (two groups
+    that change the outputs)."""
+    torch.manual_seed(0)
+    model = ValueIndexed().eval()
+    x = torch.randn(16, 6)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+    hidden = [g for g in spec.groups.values() if {m.key for m in g.members} >= {"fc1.weight",
+                                                                               "fc2.weight"}]
+    assert hidden and {(m.key, m.axis) for m in hidden[0].members} >= {("fc1.weight", 0),
+                                                                       ("fc2.weight", 1)}
+
+
+def test_integer_member_is_a_spec_error():
+    """A hand-written spec naming an integer buffer: one-line SpecError, not a KeyError."""
+    from permalign.spec import PermutationSpec
+    model = RelativeBiasAttention()
+    spec = PermutationSpec.from_json({"groups": {"index": {"size": 9, "members": [
+        {"key": "index", "axis": 0}]}}})
+    state = model.state_dict()
+    with pytest.raises(SpecError, match="int64"):
+        spec.validate(state)
+    with pytest.raises(SpecError, match="int64"):
+        weight_matching(spec, state, state)
+
+
+class Scan(nn.Module):
+    """Mamba-style recurrence started from ``torch.zeros``: the constant state takes whatever
+    channels it meets."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc_in, self.fc_out = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.decay = nn.Parameter(torch.randn(8))
+
+    def forward(self, x):  # (B, T, 6)
+        u = self.fc_in(x)  # (B, T, 8)
+        h = torch.zeros(x.shape[0], 8, dtype=x.dtype)
+        scale = u.new_ones(8)
+        states = []
+        for t in range(x.shape[1]):
+            h = torch.sigmoid(self.decay) * h + u[:, t] * scale
+            states.append(h)
+        return self.fc_out(torch.stack(states, 1))
+
+
+def test_constant_factory_adapts():
+    """Fails if zeros/new_ones fix the axes they meet (Mamba lost its SSM channels)."""
+    torch.manual_seed(0)
+    model = Scan().eval()
+    x = torch.randn(2, 4, 6)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+    assert {"fc_in.weight:0", "decay:0", "fc_out.weight:1"} <= free_places(spec)
+
+
+class WindowsThenMerge(nn.Module):
+    """timm Swin at a tiny size: 6x6 tokens in 3x3 windows, then 2x2 patch merging. After
+    window reverse each spatial axis is (window, position) = (2, 3); merging views it as
+    (3, 2), which cannot be tracked, but the channels after it pass through."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.c = c
+        self.embed, self.mix = nn.Linear(5, c), nn.Linear(c, c)
+        self.merge, self.head = nn.Linear(4 * c, 8), nn.Linear(8, 3)
+
+    def forward(self, x):  # (B, 6, 6, 5)
+        b, c = x.shape[0], self.c
+        h = self.embed(x)  # (B, 6, 6, C)
+        w = h.view(b, 2, 3, 2, 3, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 3, 3, c)  # windows
+        w = self.mix(w)
+        h = h + w.view(b, 2, 2, 3, 3, c).permute(0, 1, 3, 2, 4, 5).reshape(b, 6, 6, c)
+        h = h.reshape(b, 3, 2, 3, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)  # (B, 3, 3, 4C)
+        return self.head(self.merge(h).mean((1, 2)))
+
+
+def test_reshape_fallback_is_segment_local():
+    """Fails if an untrackable regrouping of spatial axes also fixes the channels."""
+    torch.manual_seed(0)
+    model = WindowsThenMerge().eval()
+    x = torch.randn(2, 6, 6, 5)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+    assert {"embed.weight:0", "mix.weight:0", "merge.weight:1"} <= free_places(spec)
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNetV2 unit: split, one branch convolved, concatenated, channels shuffled."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.branch = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):  # (B, 3, H, W)
+        keep, rest = self.stem(x).chunk(2, dim=1)
+        h = torch.cat([keep, torch.relu(self.branch(rest))], 1)  # (B, 8, H, W)
+        b, c, hh, ww = h.shape
+        h = h.view(b, 2, c // 2, hh, ww).transpose(1, 2).reshape(b, c, hh, ww)
+        return self.head(h).mean((2, 3))
+
+
+def test_channel_shuffle_keeps_branch_channels():
+    """Fails if a channel shuffle fixes the branch's output channels (ShuffleNet)."""
+    torch.manual_seed(0)
+    model = ChannelShuffle().eval()
+    x = torch.randn(2, 3, 4, 4)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+    assert {"branch.weight:0", "branch.weight:1"} <= free_places(spec)
+
+
+class GroupedExperts(nn.Module):
+    """Mixtral-style routing as transformers 5 runs it on CPU: sort by expert, histc counts,
+    cumsum offsets, two grouped products, index_put_ inverse order, weighted sum over top k."""
+
+    def __init__(self, hidden: int = 8, inner: int = 4, experts: int = 3, k: int = 2):
+        super().__init__()
+        self.k, self.experts = k, experts
+        self.embed, self.head = nn.Linear(5, hidden), nn.Linear(hidden, 3)
+        self.router = nn.Linear(hidden, experts, bias=False)
+        self.gate_up = nn.Parameter(0.3 * torch.randn(experts, 2 * inner, hidden))
+        self.down = nn.Parameter(0.3 * torch.randn(experts, hidden, inner))
+
+    def forward(self, x):  # (T, 5)
+        grouped_mm = torch.ops.transformers.grouped_mm_fallback
+        h = self.embed(x)  # (T, H)
+        weights, ids = self.router(h).softmax(-1).topk(self.k, -1)  # (T, k)
+        ids, order = ids.reshape(-1).sort()  # (T k,)
+        xs = h[order // self.k]  # (T k, H), grouped by expert
+        offs = torch.histc(ids.float(), bins=self.experts, min=0, max=self.experts - 1
+                           ).cumsum(0).to(torch.int32)
+        gate, up = grouped_mm(xs, self.gate_up.transpose(1, 2), offs).chunk(2, -1)
+        ys = grouped_mm(F.silu(gate) * up, self.down.transpose(1, 2), offs)  # (T k, H)
+        ys = ys * weights.reshape(-1)[order].unsqueeze(-1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel())
+        y = ys[inverse].view(x.shape[0], self.k, -1).sum(1)  # (T, H)
+        return self.head(h + y)
+
+
+def test_grouped_mm_experts_fixed_hidden_free():
+    """Fails without histc/grouped-mm/index_put_ rules, or if they let the experts move."""
+    pytest.importorskip("transformers.integrations.moe")
+    torch.manual_seed(0)
+    model = GroupedExperts().eval()
+    x = torch.randn(6, 5)
+    spec = infer_spec(model, x, check=False)
+    assert_preserved(model, spec, (x,))
+    assert {"embed.weight:0", "gate_up:2", "down:1", "gate_up:1", "down:2"} <= free_places(spec)
+    assert "gate_up:0" in spec.fixed and "router.weight:0" in spec.fixed
+
+
+class TinyContribution(nn.Module):
+    """A bias whose effect on the outputs (3e-6 relative) is below float32 round-off."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.small = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return self.fc(x) + 3e-6 * self.small
+
+
+def test_check_spec_compares_in_float64():
+    """A wrong spec (permuting ``small`` alone) passes a float32 comparison but not float64."""
+    from permalign.spec import PermutationSpec
+    torch.manual_seed(0)
+    model = TinyContribution().eval()
+    wrong = PermutationSpec.from_json({"groups": {"s": {"size": 4, "members": [
+        {"key": "small", "axis": 0}]}}})
+    x = torch.randn(3, 4)
+    check_spec(model, wrong, x, float64=False)  # float32 cannot see it
+    with pytest.raises(SpecError, match="float64"):
+        check_spec(model, wrong, x, generator=torch.Generator().manual_seed(0))

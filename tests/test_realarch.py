@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from permalign.testing import CASES, run_case
 
-# Cases known to fail with today's inference rules, and why (issue 10 items 2-6). strict: a
-# fix makes the test pass, and then this entry must go.
-KNOWN = {
-    "transformers/beit": "no rule for aten.meshgrid (relative position index built in forward)",
-    "transformers/mixtral": "no rule for aten.histc (grouped-mm expert routing), issue 10 item 6",
-    "torchvision/mnasnet": "apply_permutation drops state-dict _metadata, issue 10 item 3",
-    "torchvision/swin": "int relative_position_index buffer becomes a group, issue 10 item 2",
-    "torchvision/maxvit": "int relative_position_index buffer becomes a group, issue 10 item 2",
-    "transformers/mamba": "zeros() fixes the SSM channels, issue 10 item 5",
-    "torchvision/shufflenet": "reshape fallback fixes pass-through channels, issue 10 item 4",
-    "timm/swin": "reshape fallback fixes the residual stream, issue 10 item 4",
-}
+# Cases known to fail with today's inference rules, and why. strict: a fix makes the test
+# pass, and then this entry must go. (Issue 10 items 2-6 are fixed: BEiT, Mixtral, MNASNet,
+# torchvision Swin/MaxViT, Mamba, ShuffleNet and timm Swin pass.)
+KNOWN: dict[str, str] = {}
 
 # a few cases of each kind run in the default suite; the rest are marked slow
 DEFAULT = {"transformers/vit", "transformers/bert", "transformers/mobilenet_v2",
            "transformers/convnext", "transformers/llama", "transformers/t5",
-           "torchvision/resnet18", "torchvision/mobilenet_v2", "timm/vit", "timm/mixer"}
+           "torchvision/resnet18", "torchvision/mobilenet_v2", "timm/vit", "timm/mixer",
+           "transformers/beit", "transformers/mamba", "transformers/mixtral",
+           "torchvision/swin", "torchvision/mnasnet", "torchvision/shufflenet", "timm/swin"}
 
 
 def _param(name: str):
@@ -75,3 +70,48 @@ def test_constants_are_perturbed():
     assert ln.weight.std() > 0 and ln.bias.std() > 0
     again = CASES["transformers/bert"].model()
     assert torch.equal(again.bert.embeddings.LayerNorm.weight, ln.weight)  # seeded
+
+
+class Versioned(nn.Module):
+    """MNASNet-style: loading reads the module version from the state dict's ``_metadata``."""
+
+    _version = 2
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        version = local_metadata.get("version")
+        if version not in (1, 2):
+            raise ValueError(f"version should be set to 1 or 2 instead of {version}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_state_dict_metadata_survives():
+    """apply_permutation, lerp_state, mean_state and REPAIR keep ``_metadata``: their results
+    load into a module that needs its version (fails if any drops it)."""
+    from permalign.infer import infer_spec
+    from permalign.permutation import apply_permutation, random_permutation
+    from permalign.repair import Repairer
+    from permalign.statedict import lerp_state, mean_state
+    torch.manual_seed(0)
+    model, other = Versioned().eval(), Versioned().eval()
+    x = torch.randn(32, 4)
+    spec = infer_spec(model, x)
+    state_a, state_b = model.state_dict(), other.state_dict()
+    permuted = apply_permutation(spec, random_permutation(spec, torch.Generator().manual_seed(0)),
+                                 state_a)
+    results = {"apply_permutation": permuted, "lerp_state": lerp_state(state_a, state_b, 0.5),
+               "mean_state": mean_state([state_a, state_b]),
+               "repair": Repairer(model, spec, state_a, state_b, x)(0.5)}
+    for name, state in results.items():
+        work = Versioned()
+        work.load_state_dict(state)  # raises ValueError without the metadata
+        assert work.fc1.weight.shape == (6, 4), name
+    work.load_state_dict(permuted)
+    with torch.no_grad():
+        torch.testing.assert_close(work(x), model(x), rtol=1e-5, atol=1e-6)

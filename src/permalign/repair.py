@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .data import batches
-from .statedict import has_batchnorm, lerp_state, reset_bn_stats
+from .statedict import has_batchnorm, keep_metadata, lerp_state, reset_bn_stats
 from .sites import feature_dim, repair_sites
 from .spec import PermutationSpec
 from .stats import ChannelMoments
@@ -108,7 +108,8 @@ class Repairer:
         if self.reset_bn and has_batchnorm(self.model):
             reset_bn_stats(self.model, self.x, num_batches=self.bn_batches)
         self.correct(lam)
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        state = self.model.state_dict()
+        return keep_metadata({k: v.detach().clone() for k, v in state.items()}, state)
 
     @torch.inference_mode()
     def correct(self, lam: float) -> None:

@@ -146,7 +146,11 @@ class PermutationSpec:
                 if m.key not in state_dict:
                     raise SpecError(f"spec group {name!r} names key {m.key!r}, which the state "
                                     "dict does not have; build the spec for this model")
-                shape = tuple(state_dict[m.key].shape)
+                value = state_dict[m.key]
+                if isinstance(value, torch.Tensor) and not value.is_floating_point():
+                    raise SpecError(f"spec group {name!r} names {m.key!r}, a {value.dtype} "
+                                    "tensor (indices or counts); only floating tensors permute")
+                shape = tuple(value.shape)
                 if not 0 <= m.axis < len(shape):
                     raise SpecError(f"spec group {name!r}: {m.key!r} has {len(shape)} axes, "
                                     f"no axis {m.axis}")

@@ -8,20 +8,33 @@ import torch
 from torch import nn
 
 from .data import batches
+from .permutation import _with_metadata
+
+
+def keep_metadata(state: dict[str, torch.Tensor], source: Mapping[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+    """``state`` carrying ``source``'s ``_metadata`` (module versions that ``load_state_dict``
+    reads, e.g. MNASNet's), when ``source`` has one."""
+    metadata = getattr(source, "_metadata", None)
+    return state if metadata is None else _with_metadata(state, metadata)
 
 
 def lerp_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
                lam: float) -> dict[str, torch.Tensor]:
-    """``(1 - lam) * A + lam * B`` for floating tensors; integer buffers are taken from A."""
-    return {k: torch.lerp(a, state_b[k].to(a.device), lam) if a.is_floating_point() else a.clone()
-            for k, a in state_a.items()}
+    """``(1 - lam) * A + lam * B`` for floating tensors; integer buffers and ``_metadata``
+    are taken from A."""
+    return keep_metadata({k: torch.lerp(a, state_b[k].to(a.device), lam)
+                          if a.is_floating_point() else a.clone() for k, a in state_a.items()},
+                         state_a)
 
 
 def mean_state(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of several state dicts (integer buffers from the first)."""
+    """Element-wise mean of several state dicts (integer buffers and ``_metadata`` from the
+    first)."""
     first = states[0]
-    return {k: torch.stack([s[k].to(v.device) for s in states]).mean(0) if v.is_floating_point()
-            else v.clone() for k, v in first.items()}
+    return keep_metadata({k: torch.stack([s[k].to(v.device) for s in states]).mean(0)
+                          if v.is_floating_point() else v.clone() for k, v in first.items()},
+                         first)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

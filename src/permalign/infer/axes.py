@@ -151,8 +151,11 @@ class AxisAlgebra:
         """Unify two row-major products (a reshape), splitting atoms where the sizes require.
 
         Leading parts of equal size are unified; a larger leading atom is split into
-        (smaller size) x (rest) first, as row-major order dictates. Where that is impossible
-        (e.g. (6, 4) -> (4, 6)), the axes involved are fixed.
+        (smaller size) x (rest) first, as row-major order dictates; a concatenation of k
+        equal parts meeting a leading factor k (a channel shuffle) shares one permutation
+        among its parts. Where none of that applies (e.g. (6, 4) -> (4, 6)), only the
+        segment up to the next common boundary of both sides is fixed: row-major indices
+        factor there, so the parts after it are unified exactly.
         """
         lhs = [p for p in (self.normalize(t) for t in left) if self.size(p) != 1]
         rhs = [p for p in (self.normalize(t) for t in right) if self.size(p) != 1]
@@ -173,12 +176,35 @@ class AxisAlgebra:
                 self.unify(small, head)
                 big_side.insert(0, tail)
                 continue
-            reason = "reshape regroups axes in a way that cannot be tracked"
-            for t in [x, y] + lhs + rhs:
-                self.fix(t, reason)
-            return
+            if isinstance(big, Cat) and len(big.parts) == s_small and all(
+                    self.size(p) * s_small == s_big for p in big.parts):
+                # (part 1 | ... | part k) viewed as (k, n): the k factor says which part, so
+                # it is fixed, and all parts share the n factor's permutation
+                tail = self.atom(s_big // s_small)
+                self.fix(small, "concatenated parts regrouped (channel shuffle)")
+                for part in big.parts:
+                    self.unify(part, tail)
+                big_side.insert(0, tail)
+                continue
+            self._fix_segment([x], [y], lhs, rhs)
         if any(self.size(t) != 1 for t in lhs + rhs):
             raise InferenceError("products of different sizes were unified")
+
+    def _fix_segment(self, seg_l: list[Term], seg_r: list[Term], lhs: list[Term],
+                     rhs: list[Term]) -> None:
+        """Fix the parts up to the next boundary where both sides' products agree, taking
+        them off the fronts of ``lhs`` and ``rhs``."""
+        size_l = math.prod(self.size(t) for t in seg_l)
+        size_r = math.prod(self.size(t) for t in seg_r)
+        while size_l != size_r and (lhs if size_l < size_r else rhs):
+            if size_l < size_r:
+                seg_l.append(lhs.pop(0))
+                size_l *= self.size(seg_l[-1])
+            else:
+                seg_r.append(rhs.pop(0))
+                size_r *= self.size(seg_r[-1])
+        for t in seg_l + seg_r:
+            self.fix(t, "reshape regroups axes in a way that cannot be tracked")
 
     # ------------------------------------------------------------------ slicing
     def slice(self, t: Term, start: int, end: int) -> Term:

@@ -20,7 +20,8 @@ from torch import nn
 from ..errors import SpecError
 from ..infer import infer_spec
 from ..match.weight import matching_objective, weight_matching
-from ..permutation import _flat_outputs, apply_permutation, invert, random_permutation
+from ..permutation import (_flat_outputs, apply_permutation, cast_floats, invert,
+                           random_permutation)
 from ..spec import PermutationSpec, StateDict
 from .catalogue import Case
 
@@ -71,16 +72,6 @@ def outputs(model: nn.Module, inputs: tuple, kwargs: dict) -> list[torch.Tensor]
         return _flat_outputs(model(*inputs, **kwargs))
 
 
-def _to(value: Any, dtype: torch.dtype) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.to(dtype)
-    if isinstance(value, tuple | list):
-        return type(value)(_to(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _to(v, dtype) for k, v in value.items()}
-    return value
-
-
 def permuted_outputs_differ(model: nn.Module, spec: PermutationSpec, inputs: tuple,
                             kwargs: dict, generator: torch.Generator,
                             dtype: torch.dtype = torch.float64) -> float:
@@ -90,8 +81,21 @@ def permuted_outputs_differ(model: nn.Module, spec: PermutationSpec, inputs: tup
     Runs in float64 where the model allows: float32 round-off (1e-6 relative) hides small
     but real changes (a permuted position-index buffer changes Swin's outputs by 3e-5, MaxViT's
     by 4e-6); in float64 a right spec changes them by < 1e-6 (HF models that compute norms
-    and rotary embeddings in float32 inside stay near 1e-7).
+    and rotary embeddings in float32 inside stay near 1e-7). Models whose forward does not
+    run in float64 (grouped matrix products of mixture-of-experts layers) run in float32.
     """
+    try:
+        return _relative_change(model, spec, inputs, kwargs, generator, dtype)
+    except _NoForward:
+        return _relative_change(model, spec, inputs, kwargs, generator, torch.float32)
+
+
+class _NoForward(Exception):
+    """The model does not run in the requested dtype."""
+
+
+def _relative_change(model: nn.Module, spec: PermutationSpec, inputs: tuple, kwargs: dict,
+                     generator: torch.Generator, dtype: torch.dtype) -> float:
     # both copies are made before any forward: some models cache tensors derived from their
     # weights in eval mode (timm LeViT's attention-bias cache), and a copy made after a
     # forward would run the permuted weights with the stale cache
@@ -99,8 +103,13 @@ def permuted_outputs_differ(model: nn.Module, spec: PermutationSpec, inputs: tup
     work = copy.deepcopy(reference_model)
     state = reference_model.state_dict()
     work.load_state_dict(apply_permutation(spec, random_permutation(spec, generator), state))
-    inputs, kwargs = _to(inputs, dtype), _to(kwargs, dtype)
-    reference = outputs(reference_model, inputs, kwargs)
+    inputs, kwargs = cast_floats(inputs, dtype), cast_floats(kwargs, dtype)
+    try:
+        reference = outputs(reference_model, inputs, kwargs)
+    except RuntimeError as exc:
+        if dtype == torch.float32:
+            raise
+        raise _NoForward(str(exc)) from exc
     worst = 0.0
     for ref, got in zip(reference, outputs(work, inputs, kwargs), strict=True):
         if ref.numel():

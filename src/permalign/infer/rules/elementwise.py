@@ -82,11 +82,22 @@ def diff(ctx: Context, args: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- factories
-FACTORIES = """arange full zeros ones empty scalar_tensor rand randn randint linspace logspace eye
-new_ones new_zeros new_full new_empty tensor empty_strided randperm normal""".split()
+# every entry of these equals every other: no permutation of any axis changes them
+CONSTANT_FACTORIES = """full zeros ones empty scalar_tensor new_ones new_zeros new_full new_empty
+empty_strided""".split()
+# entries depend on their position (or are random draws that a permutation would reorder)
+POSITIONAL_FACTORIES = """arange rand randn randint linspace logspace eye tensor randperm
+normal""".split()
 
 
-@register_rule(*aten(*FACTORIES))
+@register_rule(*aten(*CONSTANT_FACTORIES))
+def constant_factory(ctx: Context, args: dict[str, Any]) -> None:
+    """A constant tensor is unchanged by any permutation: its axes are fresh and adapt to
+    whatever they meet (e.g. the zero initial state of a scan)."""
+    ctx.output()
+
+
+@register_rule(*aten(*POSITIONAL_FACTORIES))
 def factory(ctx: Context, args: dict[str, Any]) -> None:
-    """Tensors made inside the model are tied to positions: their axes are fixed."""
+    """Tensors whose entries depend on their position are tied to it: their axes are fixed."""
     ctx.fix_all(ctx.output(), f"axis of a tensor created inside the model ({ctx.op})")

@@ -80,3 +80,41 @@ def einsum(ctx: Context, args: dict[str, Any]) -> None:
                 ctx.unify(by_letter[letter], term)
             elif letter not in by_letter or ctx.size(term) != 1:
                 by_letter.setdefault(letter, term)
+
+
+@register_rule("aten._grouped_mm", "aten.grouped_mm", "transformers.grouped_mm_fallback")
+def grouped_mm(ctx: Context, args: dict[str, Any]) -> None:
+    """Per-group matrix products (mixture-of-experts): the contraction axes meet; the group
+    axis (experts) and whichever axis ``offs`` cuts into groups are fixed, since which rows
+    belong to which group is given by values; the other axes pass to the output.
+
+    Shapes: (M, K) x (G, K, N) -> (M, N), rows cut by ``offs``; (G, M, K) x (K, N) -> (M, N),
+    columns cut; (M, K) x (K, N) -> (G, M, N), contraction cut; (G, M, K) x (G, K, N) ->
+    (G, M, N). Also Hugging Face's ``grouped_mm_fallback(input, weight, offs)`` custom op.
+    """
+    a = ctx.terms(args["self"] if "self" in args else args["input"])
+    b = ctx.terms(args["mat2"] if "mat2" in args else args["weight"])
+    out = ctx.output()
+    reason = "grouped matrix product: groups given by values (offs)"
+    ctx.fix_all(ctx.terms(args.get("offs")) or [], reason)
+    ctx.unify(a[-2], out[-2])
+    ctx.unify(b[-1], out[-1])
+    cut_contraction = len(a) == 2 and len(b) == 2
+    if cut_contraction:
+        ctx.fix_all([a[-1], b[-2]], reason)
+    else:
+        ctx.unify(a[-1], b[-2])
+    if len(a) == 3:
+        ctx.fix(a[0], reason)
+    if len(b) == 3:
+        ctx.fix(b[0], reason)
+    if len(out) == 3:
+        ctx.fix(out[0], reason)
+    if len(a) == 2 and len(b) == 3:  # rows cut into groups
+        ctx.fix(a[-2], reason)
+    if len(a) == 3 and len(b) == 2:  # columns cut into groups
+        ctx.fix(b[-1], reason)
+    bias = ctx.terms(args.get("bias"))
+    if bias:
+        ctx.fix_all(bias[:-1], reason)
+        ctx.unify(bias[-1], out[-1])

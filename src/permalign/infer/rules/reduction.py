@@ -42,3 +42,13 @@ def index_reduction(ctx: Context, args: dict[str, Any]) -> None:
                     ctx.unify(a, b)
         else:
             ctx.unify_each([t for i, t in enumerate(x) if i not in picked], out)
+
+
+@register_rule("aten.histc", "aten.bincount")
+def histogram(ctx: Context, args: dict[str, Any]) -> None:
+    """Counts per bin: the bins are values, so the output axis is fixed; a histogram does not
+    depend on the order of its input (weights go with their entries)."""
+    x, weights = ctx.terms(args["self"]), ctx.terms(args.get("weights"))
+    if weights:
+        ctx.unify_each(x, weights)
+    ctx.fix_all(ctx.output(), f"histogram bins ({ctx.op})")

@@ -240,3 +240,17 @@ def edge_pad(ctx: Context, args: dict[str, Any]) -> None:
 def getitem(ctx: Context, args: dict[str, Any]) -> None:
     """One output of a multi-output op."""
     ctx.set_output(ctx.item(args["self"], args["index"]))
+
+
+@register_rule("aten.meshgrid")
+def meshgrid(ctx: Context, args: dict[str, Any]) -> None:
+    """Each output has one axis per 1-D input, carrying that input's axis (``indexing="xy"``
+    swaps the first two)."""
+    inputs = [ctx.terms(t) for t in args["tensors"]]
+    order = list(range(len(inputs)))
+    if args.get("indexing") == "xy" and len(order) >= 2:
+        order[0], order[1] = 1, 0
+    for out in ctx.all_outputs():
+        for position, j in enumerate(order):
+            if inputs[j]:
+                ctx.unify(out[position], inputs[j][0])
