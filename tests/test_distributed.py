@@ -157,3 +157,20 @@ def test_shards_are_disjoint_and_cover(monkeypatch, n):
         parts.append(distributed.shard(torch.arange(n))[0])
     assert torch.equal(torch.cat(parts), torch.arange(n))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch, capsys):
+    """A rank other than 0 runs the command but leaves no file, no temporary file, no folder,
+    and prints no results; rank 0 writes as usual."""
+    from permalign.cli import main
+    argv = ["train", "--model", "mlp:depth=1,width=8", "--epochs", "1", "--quiet",
+            "--out", str(tmp_path / "sub" / "m.pt")]
+    (tmp_path / "sub").mkdir()
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert main(argv) == 0
+    assert list(tmp_path.rglob("*")) == [tmp_path / "sub"]
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    assert main(argv) == 0
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.pt"]
+    assert "wrote" in capsys.readouterr().out
