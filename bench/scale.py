@@ -11,9 +11,10 @@ are from the same run, and the statistics of the 2-process run are compared with
 ``gpt2``: a GPT-2-small-sized pair (124M parameters, ``transformers.GPT2Config()`` defaults,
 random init with seeds 0 and 1, no network); spec inferred from the graph; weight matching
 (Algorithm 1, identity start). ``llama``: a Llama-style pair with TinyLlama-1.1B's widths
-(hidden 2048, MLP 5632, 32 heads, 4 key-value heads, vocabulary 32000) but ``--llama-layers``
-layers; the cost of the full 22 layers is extrapolated in the report (labelled as such). Each
-runs in a child process, whose peak resident memory (``resource.getrusage``) is reported.
+(hidden 2048, MLP 5632, 32 heads, 4 key-value heads, vocabulary 32000) at each of
+``--llama-layers`` (e.g. ``1,2``); from two layer counts the report extrapolates linearly to
+TinyLlama's 22 layers (1.1B parameters), labelled as an extrapolation. Each pair runs in a
+child process, whose peak resident memory (``resource.getrusage``) is reported.
 """
 from __future__ import annotations
 
@@ -144,6 +145,24 @@ def _child(kind: str, layers: int) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def extrapolate(runs: dict[int, dict], layers: int = 22) -> str:
+    """A line for ``layers`` layers, linear in the layer count through the two smallest runs
+    (time per sweep, since the number of sweeps differs from run to run)."""
+    (l1, r1), (l2, r2) = sorted(runs.items())[:2]
+
+    def at(key: str, per_sweep: bool = False) -> float:
+        v1, v2 = (r1[key] / r1["sweeps"], r2[key] / r2["sweeps"]) if per_sweep else \
+            (r1[key], r2[key])
+        return v1 + (v2 - v1) * (layers - l1) / (l2 - l1)
+    gib = 2 ** 30
+    return (f"Extrapolated (linear in layers from {l1} and {l2}; not measured) to {layers} "
+            f"layers: {at('params') / 1e9:.2f}B parameters, "
+            f"{at('match_s', True):.0f} s per sweep, {at('solver_s', True):.0f} s of it in the "
+            f"solver, peak RSS {at('peak_rss') / gib:.1f} GiB (of which "
+            f"{at('peak_rss_before_matching') / gib:.1f} GiB for building the two models), "
+            "against 24 GiB on this machine shared with other jobs.")
+
+
 def matching_part(kind: str, layers: int) -> tuple[dict, list]:
     out = subprocess.run([sys.executable, __file__, "--child", kind, "--llama-layers",
                           str(layers)], capture_output=True, text=True, check=True)
@@ -163,13 +182,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--parts", default="activation,gpt2,llama")
-    parser.add_argument("--llama-layers", type=int, default=2)
+    parser.add_argument("--llama-layers", default="1,2",
+                        help="layer counts of the Llama-style pairs, comma-separated")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.child:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        print(json.dumps(_child(args.child, args.llama_layers)))
+        print(json.dumps(_child(args.child, int(args.llama_layers))))
         return
     parts = args.parts.split(",")
     text = [f"## Scale\n\nMachine: {machine()}; {os.cpu_count()} cores.\n\nCommand: `python "
@@ -178,9 +198,14 @@ def main() -> None:
     if "activation" in parts:
         text.append(activation_part(args.samples))
     rows, raw = [], {}
-    for kind in ("gpt2", "llama"):
-        if kind in parts:
-            raw[kind], row = matching_part(kind, args.llama_layers)
+    if "gpt2" in parts:
+        raw["gpt2"], row = matching_part("gpt2", 0)
+        rows.append(row)
+    llama: dict[int, dict] = {}
+    if "llama" in parts:
+        for layers in map(int, args.llama_layers.split(",")):
+            llama[layers], row = matching_part("llama", layers)
+            raw[f"llama{layers}"] = llama[layers]
             rows.append(row)
     if rows:
         text.append("### Weight matching of large pairs (random init, 2 torch threads, one "
@@ -188,6 +213,7 @@ def main() -> None:
                         ["pair", "parameters", "groups", "largest group", "sweeps",
                          "matching s", "s per sweep", "in solver", "peak RSS GiB before "
                          "matching", "peak RSS GiB", "spec inference s"], rows)
+                    + (f"\n\n{extrapolate(llama)}" if len(llama) > 1 else "")
                     + f"\n\nLoad average after: {tuple(round(v, 2) for v in os.getloadavg())}."
                     "\n\nRaw: `" + json.dumps(raw) + "`\n")
     emit("\n".join(text), args.out)

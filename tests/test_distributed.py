@@ -174,3 +174,29 @@ def test_only_rank_zero_writes(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.pt"]
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_torchrun_align_equals_one_process(tmp_path):
+    """``torchrun --nproc-per-node 2 -m permalign align`` writes what one process writes, and
+    nothing else (no temporary files from either rank)."""
+    import subprocess
+    import sys
+    model = "vgg11:width=0.125,norm=bn"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "permalign"]
+    for seed in (0, 1):
+        subprocess.run(cli + ["train", "--model", model, "--epochs", "1", "--seed", str(seed),
+                              "--quiet", "--out", str(tmp_path / f"m{seed}.pt")],
+                       check=True, env=env, capture_output=True)
+    common = ["align", str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"), "--model", model,
+              "--method", "activation", "--quiet"]
+    subprocess.run(cli + common + ["--out", str(tmp_path / "one.pt")], check=True, env=env,
+                   capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                          "2", "-m", "permalign"] + common + ["--out", str(tmp_path / "two.pt")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("wrote") == 1  # rank 0 only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m0.pt", "m1.pt", "one.pt", "two.pt"]
+    assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two.pt").read_bytes()
