@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import Dataset
 from .evaluate import evaluate
 from .repair import Repairer
@@ -84,8 +85,10 @@ def evaluate_lambdas(model: nn.Module, state_a: Mapping[str, torch.Tensor],
     data chunk for all of them (``torch.func.vmap`` over ``functional_call``), in eval mode with
     the interpolated buffers. Equals :func:`evaluate` on each :func:`lerp_state` to float
     rounding. Each chunk holds ``batch_size // len(lambdas)`` examples (at least 1), so memory
-    stays that of one ``batch_size`` batch.
+    stays that of one ``batch_size`` batch. With a process group each rank scores its shard.
     """
+    n = max(len(x), 1)
+    x, y = distributed.shard(x, y)
     count = len(lambdas)
     stacked = {k: (torch.stack([torch.lerp(a, state_b[k].to(a.device), lam) for lam in lambdas])
                    if a.is_floating_point() else a.expand(count, *a.shape))
@@ -109,8 +112,8 @@ def evaluate_lambdas(model: nn.Module, state_a: Mapping[str, torch.Tensor],
             correct += (logits.argmax(dim=2) == yb).sum(1)
     finally:
         model.train(was_training)
-    n = max(len(x), 1)
-    return [(float(total_loss[i]) / n, int(correct[i]) / n) for i in range(count)]
+    total_loss, correct = distributed.all_reduce_sums(total_loss, correct)
+    return [(float(total_loss[i]) / n, float(correct[i]) / n) for i in range(count)]
 
 
 def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
@@ -157,7 +160,8 @@ def interpolation_curve(model: nn.Module, state_a: Mapping[str, torch.Tensor],
     repairer = None
     if repair:
         repairer = Repairer(model, spec, state_a, state_b, data.train_x, bn_batches=bn_batches)
-    for lam in tqdm(curve.lambdas, disable=None if progress else True, desc="interpolate",
+    for lam in tqdm(curve.lambdas, disable=None if progress and distributed.is_main() else True,
+                    desc="interpolate",
                     leave=False):
         repaired = repairer is not None and 0 < lam < 1
         state = repairer(lam) if repaired else lerp_state(state_a, state_b, lam)

@@ -17,7 +17,10 @@ Rules, the same for every command:
 - one path given for two outputs (:meth:`Transaction.declare`) is an error;
 - temporary names are short (``.NAME.XXXXXXXX.tmp`` with NAME cut to 32 characters), so any
   target name the file system accepts works;
-- every OS error becomes an :class:`~permalign.errors.OutputError` naming the path and cause.
+- every OS error becomes an :class:`~permalign.errors.OutputError` naming the path and cause;
+- under a ``torch.distributed`` process group only rank 0 writes: on the other ranks
+  :func:`declare`, :func:`make_dir` and :func:`write_file` check and write nothing (no
+  temporary files either) and return the path.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import distributed
 from .errors import OutputError
 
 DEFERRED_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None),
@@ -434,6 +438,8 @@ def transaction(*, force: bool = False, join: bool = True) -> Iterator[Transacti
 
 def declare(path: str | Path | None, what: str) -> Path | None:
     """:meth:`Transaction.declare` on the current transaction (just the checks without one)."""
+    if not distributed.is_main():  # rank 0 checks and writes
+        return None if path is None else Path(path)
     txn = current()
     if txn is not None:
         return txn.declare(path, what)
@@ -445,6 +451,8 @@ def declare(path: str | Path | None, what: str) -> Path | None:
 def make_dir(path: str | Path, what: str = "--out") -> Path:
     """:meth:`Transaction.make_dir` on the current transaction (a plain ``mkdir -p`` with the
     same checks and messages without one)."""
+    if not distributed.is_main():
+        return Path(path)
     txn = current()
     return (txn or Transaction()).make_dir(path, what)
 
@@ -455,8 +463,11 @@ def write_file(path: str | Path, write: Callable[[Path], None], *, force: bool,
 
     Inside a transaction the transaction's ``force`` decides, so ``--force`` means the same
     for everything a command writes. ``now`` writes at once even inside a transaction (for
-    caches that later steps read back); the file is still complete or absent.
+    caches that later steps read back); the file is still complete or absent. Ranks other
+    than 0 of a process group write nothing.
     """
+    if not distributed.is_main():
+        return Path(path)
     txn = current()
     if txn is not None and not now:
         return txn.stage(path, write)

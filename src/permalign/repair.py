@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from . import distributed
 from .data import batches
 from .statedict import has_batchnorm, keep_metadata, lerp_state, reset_bn_stats
 from .sites import feature_dim, repair_sites
@@ -37,7 +38,9 @@ def channel_rows(out: torch.Tensor, dim: int) -> torch.Tensor:
 @torch.inference_mode()
 def site_moments(model: nn.Module, names: list[str], x: torch.Tensor, *,
                  batch_size: int = 500) -> dict[str, ChannelMoments]:
-    """Per-channel output mean/std of the named modules over inputs ``x`` (model in eval mode)."""
+    """Per-channel output mean/std of the named modules over inputs ``x`` (model in eval mode;
+    with a process group each rank reads its shard and the sums are combined)."""
+    (x,) = distributed.shard(x)
     moments = {n: ChannelMoments() for n in names}
     handles = []
     for name in names:
@@ -54,6 +57,7 @@ def site_moments(model: nn.Module, names: list[str], x: torch.Tensor, *,
     finally:
         for h in handles:
             h.remove()
+    distributed.reduce_moments(moments)
     return moments
 
 
@@ -86,6 +90,7 @@ class Repairer:
         self.model = copy.deepcopy(model)
         self.sites = [name for name, _ in repair_sites(self.model, spec)]
         self.x = x[:num_examples]
+        (self.x_local,) = distributed.shard(self.x)  # this rank's share for corrections
         self.bn_batches = bn_batches
         self.state_a, self.state_b = state_a, state_b
         self.endpoints = []
@@ -121,6 +126,7 @@ class Repairer:
             def hook(mod, _args, out, _name=name, _dim=feature_dim(module)):
                 current = ChannelMoments()
                 current.update_channels(out, _dim)
+                distributed.reduce_moments({_name: current})
                 scale, shift = correction(current, *self.goal(_name, lam))
                 _fold_affine(mod, scale, shift)
                 shape = [1] * out.dim()
@@ -131,7 +137,7 @@ class Repairer:
             handles.append(module.register_forward_hook(hook))
         self.model.eval()
         try:
-            self.model(self.x)
+            self.model(self.x_local)
         finally:
             for h in handles:
                 h.remove()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from . import distributed
 from .data import batches
 from .permutation import _with_metadata
 
@@ -48,6 +49,8 @@ def reset_bn_stats(model: nn.Module, x: torch.Tensor, *, num_batches: int = 20,
 
     Uses an exact cumulative average (momentum None) over the batches, then puts the model in
     eval mode. Needed for interpolated or merged BatchNorm models (variance collapse).
+    With a process group each rank runs every ``world_size``-th batch (whole batches, so each
+    batch's statistics are those of one process) and the averages are combined.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -62,10 +65,30 @@ def reset_bn_stats(model: nn.Module, x: torch.Tensor, *, num_batches: int = 20,
                                         generator=generator)):
         if i >= num_batches:
             break
-        model(xb)
+        if distributed.owns(i):
+            model(xb)
+    _combine_running_stats(norms)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.eval()
+
+
+def _combine_running_stats(norms: list[nn.Module]) -> None:
+    """Each rank's cumulative averages over its batches -> the average over all batches."""
+    if not distributed.active():
+        return
+    norms = [m for m in norms if m.running_mean is not None]
+    counts = [m.num_batches_tracked.double() for m in norms]
+    sums = distributed.all_reduce_sums(*counts, *[m.running_mean * c for m, c in
+                                                  zip(norms, counts)],
+                                       *[m.running_var * c for m, c in zip(norms, counts)])
+    total, means, variances = sums[:len(norms)], sums[len(norms):2 * len(norms)], \
+        sums[2 * len(norms):]
+    for m, n, mean, var in zip(norms, total, means, variances):
+        if n > 0:
+            m.running_mean.copy_(mean / n)
+            m.running_var.copy_(var / n)
+        m.num_batches_tracked.fill_(int(n))
 
 
 def float_state(state: dict[str, torch.Tensor], device: torch.device | str | None,

@@ -3,19 +3,25 @@
 
 Exit codes: 0 done; 2 a user error (one line on stderr, nothing written); 128 + the signal's
 number when interrupted: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (nothing written).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the command joins the process group
+first (:func:`permalign.distributed.init_from_env`); every rank runs it, the data passes are
+shared, and only rank 0 writes files and prints results; other ranks print only their errors,
+prefixed with their rank.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Iterator
 
-from .. import output
+from .. import distributed, output
 from ..errors import PermalignError
 
 SIGNAL_WORDS = {signal.SIGINT: "interrupted"}
@@ -88,7 +94,28 @@ def _after_interrupt(written: list) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run ``args.func(args)`` inside one output transaction and report how it ended."""
+    """Run ``args.func(args)`` inside one output transaction and report how it ended (on
+    every rank of a ``torchrun`` launch; rank 0 writes and prints)."""
+    try:
+        joined = distributed.init_from_env()
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"permalign: error: cannot join the torchrun process group: {_one_line(exc)}",
+              file=sys.stderr)
+        return 2
+    try:
+        if distributed.is_main():
+            return _run(args, "")
+        with contextlib.redirect_stdout(open(os.devnull, "w")) as quiet:
+            try:
+                return _run(args, f"[rank {distributed.rank()}] ")
+            finally:
+                quiet.close()
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _run(args: argparse.Namespace, who: str) -> int:
     written = output.WRITTEN
     written.clear()
     with library_chatter(getattr(args, "verbose", False)), interrupt_handlers():
@@ -100,15 +127,15 @@ def run_command(args: argparse.Namespace) -> int:
                 print("wrote " + ", ".join(map(str, txn.committed)), flush=True)
             return 0
         except PermalignError as exc:
-            print(f"permalign: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"{who}permalign: error: {_one_line(exc)}", file=sys.stderr)
             return 2
         except OSError as exc:  # a file-system error no layer above turned into a message
             path = exc.filename if exc.filename is not None else "a file"
-            print(f"permalign: error: {_one_line(output.os_error_message(path, exc, 'use'))}",
-                  file=sys.stderr)
+            print(f"{who}permalign: error: "
+                  f"{_one_line(output.os_error_message(path, exc, 'use'))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            print(f"permalign: {SIGNAL_WORDS.get(signum, 'interrupted')}; "
+            print(f"{who}permalign: {SIGNAL_WORDS.get(signum, 'interrupted')}; "
                   f"{_after_interrupt(written)}", file=sys.stderr)
             return 128 + int(signum)

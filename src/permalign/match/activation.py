@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import lap
+from .. import distributed, lap
 from ..data import Dataset, batches
 from ..errors import PermalignError
 from ..sites import consumer_sites, feature_dim, record_inputs
@@ -59,7 +59,12 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
                           state_b: Mapping[str, torch.Tensor], x: torch.Tensor, *,
                           batch_size: int = 256, device: torch.device | str = "cpu",
                           progress: bool = False) -> dict[str, CrossMoments]:
-    """Per-group streaming moments of A's and B's activations over the inputs ``x``."""
+    """Per-group streaming moments of A's and B's activations over the inputs ``x``.
+
+    With a process group (:mod:`permalign.distributed`) each rank reads its shard of ``x``
+    and the moments are summed over the ranks: every rank returns those of all of ``x``.
+    """
+    (x,) = distributed.shard(x)
     sites = consumer_sites(model, spec)
     names = {module for entries in sites.values() for module, _ in entries}
     model_a, model_b = _loaded(model, state_a, device), _loaded(model, state_b, device)
@@ -83,7 +88,8 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
             handles.append(model_b.get_submodule(name).register_forward_pre_hook(hook))
         try:
             for xb, _ in tqdm(list(batches(x, x, batch_size)),
-                              disable=None if progress else True, desc="activations",
+                              disable=None if progress and distributed.is_main() else True,
+                              desc="activations",
                               leave=False):
                 xb = xb.to(device)
                 model_a(xb)
@@ -91,7 +97,30 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
         finally:
             for h in handles:
                 h.remove()
+    distributed.reduce_moments(moments)
     return moments
+
+
+def _solve(spec: PermutationSpec, moments: Mapping[str, CrossMoments],
+           state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], cost: str,
+           solver: str) -> tuple[dict[str, torch.Tensor], float]:
+    """The assignments from the moments (on rank 0 under a process group): a first solve per
+    group, then a second whose ties between dead units are broken by incoming weights."""
+    sims = {g: (m.correlation() if cost == "correlation" else m.cross_moment()).cpu()
+            for g, m in moments.items()}
+    first = {g: torch.as_tensor(lap.solve(s.numpy(), solver)) for g, s in sims.items()}
+    # second pass: break ties between dead units by their incoming weights, with B's other
+    # axes permuted by the first pass
+    permuted_b = apply_permutation(spec, first, state_b)
+    perm, objective = {}, 0.0
+    for group, sim in sims.items():
+        cosine = torch.empty(sim.shape, dtype=torch.float64)
+        cosine[:, first[group]] = incoming_weight_cosine(spec, group, state_a, permuted_b)
+        sim = (sim + TIE_BREAK * sim.abs().max().clamp_min(1e-12) * cosine).numpy()
+        p = lap.solve(sim, solver)
+        objective += float(sim[range(len(p)), p].sum())
+        perm[group] = torch.as_tensor(p, dtype=torch.long)
+    return perm, objective
 
 
 @register("activation", needs_data=True, options=[
@@ -122,20 +151,8 @@ def activation_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
     moments = activation_statistics(spec, model, state_a, state_b, x, batch_size=batch_size,
                                     device=device, progress=progress)
     collected = time.perf_counter()
-    sims = {g: (m.correlation() if cost == "correlation" else m.cross_moment()).cpu()
-            for g, m in moments.items()}
-    first = {g: torch.as_tensor(lap.solve(s.numpy(), solver)) for g, s in sims.items()}
-    # second pass: break ties between dead units by their incoming weights, with B's other
-    # axes permuted by the first pass
-    permuted_b = apply_permutation(spec, first, state_b)
-    perm, objective = {}, 0.0
-    for group, sim in sims.items():
-        cosine = torch.empty(sim.shape, dtype=torch.float64)
-        cosine[:, first[group]] = incoming_weight_cosine(spec, group, state_a, permuted_b)
-        sim = (sim + TIE_BREAK * sim.abs().max().clamp_min(1e-12) * cosine).numpy()
-        p = lap.solve(sim, solver)
-        objective += float(sim[range(len(p)), p].sum())
-        perm[group] = torch.as_tensor(p, dtype=torch.long)
+    perm, objective = distributed.on_main(_solve, spec, moments, state_a, state_b, cost,
+                                          solver)
     return MatchResult(perm=perm, method="activation", history=[objective],
                        timings={"total": time.perf_counter() - start,
                                 "statistics": collected - start},

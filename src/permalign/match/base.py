@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import distributed
 from ..errors import PermalignError
 from ..permutation import perm_to_json
 from ..spec import Permutation, PermutationSpec
@@ -138,7 +139,9 @@ class Method:
                                  "(pass --dataset)")
         accepted = inspect.signature(self.function).parameters
         common = {k: v for k, v in common.items() if k in accepted}
-        return self.function(spec, state_a, state_b, **common, **options)
+        result = self.function(spec, state_a, state_b, **common, **options)
+        result.perm = distributed.broadcast_permutation(result.perm)  # rank 0's on every rank
+        return result
 
 
 METHODS: dict[str, Method] = {}

@@ -5,6 +5,13 @@ theta_B by weight matching (warm-started from the previous permutation), run the
 midpoint 1/2 (theta_A + [theta~ + stop_grad(pi(theta_B) - theta~)]) and take an SGD step on its
 cross-entropy. The gradient flows to theta~ straight through the projection. The permutation with
 the lowest midpoint loss on a fixed evaluation batch is kept.
+
+With a process group each rank takes its share of every minibatch and the gradients are summed,
+weighted by the shares (the gradient of the whole minibatch's mean loss), so every rank keeps
+the same free weights; the evaluation batch is scored in shares too. Models with BatchNorm are
+the exception: in training mode a BN layer normalises by its whole minibatch's statistics,
+which no share has, so there every rank runs the whole minibatch (the same result as one
+process, no speed-up).
 """
 from __future__ import annotations
 
@@ -17,15 +24,18 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data import Dataset, batches
 from ..errors import PermalignError
 from ..permutation import apply_permutation
 from ..spec import PermutationSpec
+from ..statedict import has_batchnorm
 from .base import MatchResult, Option, register
 from .weight import weight_matching
 
 
-def _midpoint_loss(model: nn.Module, state_a, permuted_b, free, x, y) -> torch.Tensor:
+def _midpoint_loss(model: nn.Module, state_a, permuted_b, free, x, y, *,
+                   reduction: str = "mean") -> torch.Tensor:
     params = {}
     for k, a in state_a.items():
         if k in free:  # straight-through: value of pi(B), gradient to the free weights
@@ -35,7 +45,7 @@ def _midpoint_loss(model: nn.Module, state_a, permuted_b, free, x, y) -> torch.T
             params[k] = 0.5 * (a + permuted_b[k])
         else:
             params[k] = a
-    return F.cross_entropy(functional_call(model, params, (x,)), y)
+    return F.cross_entropy(functional_call(model, params, (x,)), y, reduction=reduction)
 
 
 @register("ste", needs_data=True, options=[
@@ -71,28 +81,36 @@ def ste_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
         full = {**a, **current}
         return weight_matching(spec, full, b, seed=seed, init=perm, device=device).perm
 
+    local_x, local_y = distributed.shard(eval_x, eval_y)
+    shared = not has_batchnorm(model)  # see the module docstring
+
     def eval_loss(perm) -> float:
         with torch.no_grad():
             permuted = apply_permutation(spec, perm, b)
-            mid = {k: 0.5 * (v + permuted[k]) if v.is_floating_point() else v
-                   for k, v in a.items()}
             model.eval()
-            loss = F.cross_entropy(functional_call(model, mid, (eval_x,)), eval_y).item()
+            total = _midpoint_loss(model, a, permuted, {}, local_x, local_y, reduction="sum")
             model.train()
-            return loss
+            (total,) = distributed.all_reduce_sums(total)
+            return float(total) / len(eval_x)
 
     perm = project(None)  # plain weight matching is the starting point and first candidate
     best_perm, best_loss = perm, eval_loss(perm)
     history = [best_loss]
     steps = epochs * -(-len(x) // batch_size)
-    bar = tqdm(total=steps, disable=None if progress else True, desc="ste", leave=False)
+    bar = tqdm(total=steps, disable=None if progress and distributed.is_main() else True,
+               desc="ste", leave=False)
     for _ in range(epochs):
         for xb, yb in batches(x, y, batch_size, shuffle=True, generator=generator):
             perm = project(perm)
             permuted = apply_permutation(spec, perm, b)
-            loss = _midpoint_loss(model, a, permuted, free, xb, yb)
+            start_row, stop_row = distributed.shard_bounds(len(xb)) if shared else (0, len(xb))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if stop_row > start_row:
+                _midpoint_loss(model, a, permuted, free, xb[start_row:stop_row],
+                               yb[start_row:stop_row]).backward()
+            if shared:
+                distributed.average_gradients(list(free.values()),
+                                              (stop_row - start_row) / len(xb))
             optimizer.step()
             bar.update(1)
         perm = project(perm)

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .. import lap
+from .. import distributed, lap
 from ..errors import SpecError
 from ..permutation import (apply_permutation, identity_permutation, member_index,
                            random_permutation, unit_view)
@@ -253,7 +254,7 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     device: torch.device | str | None = None, solver: str = "auto",
                     similarity_keys: Callable[[str], bool] | None = None, restarts: int = 0,
                     model: torch.nn.Module | None = None, inputs: tuple | None = None,
-                    input_kwargs: dict | None = None) -> MatchResult:
+                    input_kwargs: dict | None = None, progress: bool = False) -> MatchResult:
     """Permutation of B's units that maximises sum <W_A, pi(W_B)> (paper Algorithm 1).
 
     Groups are visited in a fresh random order each sweep (seeded by ``seed``); the loop stops
@@ -264,36 +265,42 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     where state_a lives). ``solver`` names the assignment solver (:func:`permalign.lap.solve`;
     ``auto`` by size). ``restarts`` > 0 also runs from that many random starting permutations
     and keeps the run with the highest objective (coordinate descent can stop in a local
-    optimum).
+    optimum). ``progress`` shows a bar of the groups solved in each sweep (for large models).
     """
     if isinstance(init, str):  # a named start: match/init.py runs it (and maybe others)
         return run_from_starts(lambda perm: weight_matching(
             spec, state_a, state_b, seed=seed, max_iter=max_iter, init=perm, device=device,
-            solver=solver, similarity_keys=similarity_keys, restarts=restarts), spec, state_a,
+            solver=solver, similarity_keys=similarity_keys, restarts=restarts,
+            progress=progress), spec, state_a,
             state_b, init, seed=seed, solver=solver, similarity_keys=similarity_keys,
             model=model, inputs=inputs, input_kwargs=input_kwargs)
     if restarts > 0:  # also start from random permutations; keep the best objective
         runs = [weight_matching(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
-                                device=device, solver=solver, similarity_keys=similarity_keys)]
+                                device=device, solver=solver, similarity_keys=similarity_keys,
+                                progress=progress)]
         for r in range(restarts):
             start_perm = random_permutation(spec, torch.Generator().manual_seed(seed + 1 + r))
             runs.append(weight_matching(spec, state_a, state_b, seed=seed + 1 + r,
                                         max_iter=max_iter, init=start_perm, device=device,
-                                        solver=solver, similarity_keys=similarity_keys))
+                                        solver=solver, similarity_keys=similarity_keys,
+                                        progress=progress))
         best = max(runs, key=lambda res: res.history[-1] if res.history else float("-inf"))
         best.info["restarts"] = restarts
         return best
     return _coordinate_descent(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
-                               device=device, solver=solver, similarity_keys=similarity_keys)
+                               device=device, solver=solver, similarity_keys=similarity_keys,
+                               progress=progress)
 
 
 def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                         state_b: Mapping[str, torch.Tensor], *, seed: int, max_iter: int,
                         init: Permutation | None, device: torch.device | str | None,
                         solver: str, similarity_keys: Callable[[str], bool] | None,
-                        skip_unchanged: bool = True, incremental: bool = True) -> MatchResult:
+                        skip_unchanged: bool = True, incremental: bool = True,
+                        progress: bool = False) -> MatchResult:
     """One run of Algorithm 1; ``skip_unchanged=False`` re-solves every group every sweep,
-    ``incremental=False`` recomputes every similarity from scratch (both for tests)."""
+    ``incremental=False`` recomputes every similarity from scratch (both for tests);
+    ``progress``: a bar over each sweep's groups (rank 0 only under a process group)."""
     start = time.perf_counter()
     spec.validate(state_a)
     spec.validate(state_b)
@@ -307,14 +314,19 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
     history: list[float] = []
     converged, skipped = False, 0
     threads = torch.get_num_threads()
-    with torch_threads(1):  # small ops on one thread; large products ask for more
+    bar = tqdm(total=len(names), unit="group", leave=False,
+               disable=None if progress and distributed.is_main() else True)
+    with bar, torch_threads(1):  # small ops on one thread; large products ask for more
         matcher = _Matcher(spec, state_a, state_b, perm,
                            similarity_keys or default_similarity_key, device, solver, threads,
                            incremental)
-        for _ in range(max_iter):
-            progress = False
+        for sweep in range(max_iter):
+            improved = False
+            bar.reset(total=len(names))
+            bar.set_description(f"weight matching sweep {sweep + 1}")
             for idx in torch.randperm(len(names), generator=generator).tolist():
                 name = names[idx]
+                bar.update(1)
                 if skip_unchanged and matcher.current[name]:
                     skipped += 1  # same similarity as at its last solve: same answer
                     continue
@@ -325,11 +337,11 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                 rows = np.arange(len(new))
                 old_value, new_value = sim[rows, old].sum(), sim[rows, new].sum()
                 if new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
-                    progress = True
+                    improved = True
                     matcher.set_perm(name, torch.as_tensor(new, device=matcher.perm[name].device),
                                      float(new_value - old_value))
             history.append(matcher.objective())
-            if not progress:
+            if not improved:
                 converged = True
                 break
     if not all(np.isfinite(history)):
@@ -371,8 +383,8 @@ def weight_method(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                   state_b: Mapping[str, torch.Tensor], *, init: str = "auto",
                   model: torch.nn.Module | None = None, data: Any = None, seed: int = 0,
                   device: torch.device | str | None = None, max_iter: int = 100,
-                  restarts: int = 0, start_examples: int = 256, solver: str = "auto"
-                  ) -> MatchResult:
+                  restarts: int = 0, start_examples: int = 256, solver: str = "auto",
+                  progress: bool = False) -> MatchResult:
     """Permutation of B's units maximising sum <W_A, pi(W_B)>, from the best of several starts.
 
     ``init="identity"`` is the paper's Algorithm 1. With ``data`` the activation start joins
@@ -382,4 +394,4 @@ def weight_method(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
         else None
     return weight_matching(spec, state_a, state_b, init=init, model=model, inputs=inputs,
                            seed=seed, device=device, max_iter=max_iter, restarts=restarts,
-                           solver=solver)
+                           solver=solver, progress=progress)
