@@ -372,7 +372,12 @@ def _finish_file(tmp: Path, target: Path) -> None:
         os.umask(umask)
         mode = 0o666 & ~umask
     os.chmod(tmp, mode)
-    fd = os.open(tmp, os.O_RDONLY)
+    _fsync(tmp)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -381,11 +386,7 @@ def _finish_file(tmp: Path, target: Path) -> None:
 
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(directory)
 
 
 def _first_line(exc: BaseException) -> str:
