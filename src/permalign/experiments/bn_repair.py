@@ -13,8 +13,8 @@ METHODS = ["weight", "activation"]
 SIZES = {
     "quick": ConvSizes(widths=(1,), train=300, downsample=2, epochs=1, eval_train=200,
                        eval_test=200, points=3),
-    "full": ConvSizes(widths=(1, 2, 4), train=4000, downsample=2, epochs=10, eval_train=1000,
-                      eval_test=2000, points=5),
+    "full": ConvSizes(widths=(1, 2, 4), train=4000, downsample=2, epochs=10, eval_train=500,
+                      eval_test=1000, points=3),
     "paper": ConvSizes(widths=(1, 2, 4, 8, 16), train=None, downsample=1, epochs=None,
                        eval_train=10000, eval_test=None, points=11),
 }

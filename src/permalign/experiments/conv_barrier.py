@@ -25,7 +25,7 @@ SIZES = {
                                   eval_test=200, points=3)),
     "full": Sizes(models=("resnet20:width=2,norm=ln",), ste_epochs=1,
                   conv=ConvSizes(widths=(2,), train=4000, downsample=2, epochs=10,
-                                 eval_train=1000, eval_test=2000, points=7)),
+                                 eval_train=500, eval_test=1000, points=5)),
     "paper": Sizes(models=("vgg16:width=1,norm=ln", "resnet20:width=32,norm=ln"), ste_epochs=10,
                    conv=ConvSizes(widths=(32,), train=None, downsample=1, epochs=None,
                                   eval_train=10000, eval_test=None, points=25)),

@@ -28,7 +28,7 @@ class Sizes:
 
 
 SIZES = {"quick": Sizes(seeds=2, train=1000, epochs=1, points=5),
-         "full": Sizes(seeds=3, train=10000, epochs=40, points=25),
+         "full": Sizes(seeds=3, train=10000, epochs=20, points=21),
          "paper": Sizes(seeds=5, train=None, epochs=None, points=25)}
 
 LINES = ("model A", "model B", "naive midpoint", "aligned midpoint (λ=0.5)",
