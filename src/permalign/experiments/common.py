@@ -144,14 +144,16 @@ def _checkpoint_stem(model_string: str, data: Dataset, *, seed: int, recipe: str
                  f"{recipe}-e{epochs}")
 
 
-def train_config(recipe: str, data: Dataset, *, seed: int, epochs: int | None = None
-                 ) -> TrainConfig:
+def train_config(recipe: str, data: Dataset, *, seed: int, epochs: int | None = None,
+                 lr: float | None = None) -> TrainConfig:
     """The named recipe's :class:`TrainConfig` for ``data`` (``epochs`` overrides the
-    recipe's count: CPU runs shorten long recipes and say so in their setup)."""
-    return recipe_config(recipe, dataset=data.name, seed=seed, epochs=epochs)
+    recipe's count: CPU runs shorten long recipes and say so in their setup; ``lr`` its
+    learning rate, where a measured failure needs it)."""
+    return recipe_config(recipe, dataset=data.name, seed=seed, epochs=epochs, lr=lr)
 
 
-def recipe_setup(recipe: str, data: Dataset, epochs: int | None, why: str) -> dict[str, Any]:
+def recipe_setup(recipe: str, data: Dataset, epochs: int | None, why: str,
+                 lr: float | None = None, lr_why: str = "") -> dict[str, Any]:
     """What a result's ``setup`` says about training: the recipe, its settings, the epochs
     used (and the recipe's own count where a CPU run shortened it), and why this recipe."""
     r = get_recipe(recipe)
@@ -161,6 +163,8 @@ def recipe_setup(recipe: str, data: Dataset, epochs: int | None, why: str) -> di
              "epochs": used}
     if used != own:
         entry["epochs"] = f"{used} (the recipe's {own} shortened to fit a CPU)"
+    if lr is not None and lr != r.lr:
+        entry["learning_rate"] = f"{lr:g} instead of the recipe's {r.lr:g}: {lr_why}"
     return entry
 
 
@@ -172,13 +176,16 @@ def initial_state(model_string: str, data: Dataset, *, seed: int) -> dict[str, t
 
 def trained_state(cfg: ExperimentConfig, model_string: str, data: Dataset, *, seed: int,
                   recipe: str = DEFAULT_RECIPE, epochs: int | None = None, tag: str = "",
-                  snapshots: bool = False) -> dict[str, torch.Tensor]:
+                  snapshots: bool = False, lr: float | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Train with a named recipe (or load from the cache under ``out/checkpoints``) a model
     from ``seed``; ``epochs`` overrides the recipe's count.
 
     With ``snapshots`` a checkpoint is kept after every epoch (see :func:`snapshot`).
     """
-    train_cfg = train_config(recipe, data, seed=seed, epochs=epochs)
+    train_cfg = train_config(recipe, data, seed=seed, epochs=epochs, lr=lr)
+    if lr is not None:
+        tag += f"-lr{lr:g}"
     folder = cfg.out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     stem = _checkpoint_stem(model_string, data, seed=seed, recipe=recipe,

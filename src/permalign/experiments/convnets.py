@@ -37,6 +37,8 @@ class ConvSizes:
     eval_test: int | None  # test examples the curves are evaluated on (None: all)
     points: int
     recipe: str = CONV_RECIPE
+    lr: float | None = None  # None: the recipe's learning rate
+    lr_why: str = ""  # the measured reason for another learning rate
 
 
 def conv_data(cfg: ExperimentConfig, sizes: ConvSizes, base: Dataset | None = None
@@ -56,7 +58,8 @@ def conv_setup(data: Dataset, eval_data: Dataset, sizes: ConvSizes) -> dict[str,
                           if sizes.downsample > 1 else ""),
             "train_examples": len(data.train_x),
             "eval_examples": [len(eval_data.train_x), len(eval_data.test_x)],
-            "points": sizes.points, **recipe_setup(sizes.recipe, data, sizes.epochs, CONV_WHY)}
+            "points": sizes.points, **recipe_setup(sizes.recipe, data, sizes.epochs, CONV_WHY,
+                                                   lr=sizes.lr, lr_why=sizes.lr_why)}
 
 
 @dataclass
@@ -77,7 +80,7 @@ def compare_pair(cfg: ExperimentConfig, model_string: str, data: Dataset, eval_d
     curves and the diagnostics."""
     model, spec = resolve_model(model_string, data.input_shape, data.num_classes)
     a, b = (trained_state(cfg, model_string, data, seed=s, recipe=sizes.recipe,
-                          epochs=sizes.epochs) for s in seeds)
+                          epochs=sizes.epochs, lr=sizes.lr) for s in seeds)
     comparison = align_and_compare(model, spec, a, b, data, methods, eval_data=eval_data,
                                    points=sizes.points, device=cfg.device, variants=variants,
                                    naive_variants=naive_variants, method_options=method_options,
