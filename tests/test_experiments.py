@@ -69,6 +69,8 @@ def test_counterexample_has_no_lmc(results):
 def test_width_and_epochs_rows(results):
     _, width = results["width"]
     assert [r["width"] for r in width["results"]["mlp"]] == [16, 64, 256]
+    assert [r["width"] for r in width["results"]["resnet20_bn"]] == [1]
+    assert {"naive", "weight", "activation"} <= set(width["results"]["resnet20_bn"][0])
     _, epochs = results["epochs"]
     assert [r["epoch"] for r in epochs["results"]["epochs"]] == [1, 2, 3]
 
@@ -158,3 +160,194 @@ def test_experiment_refuses_to_overwrite_results(tmp_path, capsys):
     assert (out / "results.json").read_bytes() == before
     assert main(["experiment", "counterexample", "--quick", "--quiet", "--force",
                  "--out", str(out)]) == 0
+
+
+# ------------------------------------------------------------------ issue 16: recipes, verdicts
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_result_has_a_measured_verdict(results, name):
+    from permalign.experiments.common import VERDICTS
+    _, record = results[name]
+    assert record["verdict"]["status"] in VERDICTS
+    assert "holds:" in record["verdict"]["why"] or "fails:" in record["verdict"]["why"]
+
+
+def check_diagnostics(diag, *, init=True):
+    """A comparison's diagnostics: objective before/after, matched activation correlation
+    (data given) and each model's distance to its initialisation."""
+    for method in diag["methods"].values():
+        assert {"before", "after", "cosine_before", "cosine_after"} <= set(method["objective"])
+        assert -1 <= method["objective"]["cosine_after"] <= 1
+        corr = method["activation_correlation"]
+        assert {"before", "after", "per_group"} <= set(corr)
+        assert -1 <= corr["after"] <= 1
+    if init:
+        assert set(diag["distance_to_init"]) == {"A", "B"}
+        for d in diag["distance_to_init"].values():
+            assert -1 <= d["cosine"] <= 1 and d["relative_distance"] >= 0
+
+
+def test_diagnostics_in_results(results):
+    for name, key in (("bn-repair", "diagnostics"), ("width", "diagnostics"),
+                      ("conv-barrier", "diagnostics")):
+        diags = results[name][1]["results"][key]
+        assert diags
+        for diag in diags.values():
+            check_diagnostics(diag)
+    for diag in results["mlp-barrier"][1]["results"]["diagnostics"]:
+        check_diagnostics(diag)
+    for run in results["split-merge"][1]["results"]["runs"]:
+        check_diagnostics(run["diagnostics"])
+    for row in results["epochs"][1]["results"]["epochs"]:
+        assert {"objective", "activation_correlation"} <= set(row["diagnostics"])
+    mm = results["merge-many"][1]["results"]
+    for regime in ("paper_regime", "current_regime"):
+        diag = mm[regime]["diagnostics"]
+        assert len(diag["distance_to_init"]) == len(mm[regime]["inputs"]) >= 3
+        for inp in diag["weight_cosine_to_merge"].values():
+            assert inp["aligned"] >= inp["as is"] - 1e-6  # alignment moves inputs closer
+        assert all("test_ece" in m for m in mm[regime]["inputs"] + [mm[regime]["merged"]])
+
+
+def test_setup_names_recipes(results):
+    for name in ("bn-repair", "conv-barrier", "mlp-barrier", "split-merge", "epochs"):
+        setup = results[name][1]["setup"]
+        assert setup["recipe"].split(":")[0] in ("official-conv", "official-mlp", "quick-adam")
+        assert setup["why_this_recipe"] and setup["recipe_source"]
+    setup = results["merge-many"][1]["setup"]
+    assert setup["paper regime recipe"].startswith("official-mlp")
+    assert setup["current regime recipe"].startswith("quick-adam")
+    assert results["width"][1]["setup"]["BN ResNet-20 recipe"].startswith("official-conv")
+    assert results["bn-repair"][1]["setup"]["recipe"].startswith("official-conv")
+
+
+def test_split_merge_reports_every_seed(results):
+    record = results["split-merge"][1]
+    runs = record["results"]["runs"]
+    assert len(runs) == 2
+    summary = record["results"]["summary"]
+    assert summary["aligned midpoint (λ=0.5)"]["test_loss"]["n"] == 2
+    assert all(0 <= r["best_lambda"] <= 1 for r in runs)
+
+
+def test_verdict_from_checks():
+    from permalign.experiments.common import verdict_from_checks
+    assert verdict_from_checks([("a", True), ("b", True)], "c")["status"] == "reproduced"
+    assert "cause" not in verdict_from_checks([("a", True)], "c")["why"]
+    partly = verdict_from_checks([("a 0.1", True), ("b 0.2", False)], "cosine 0.99")
+    assert partly["status"] == "partly"
+    assert "holds: a 0.1" in partly["why"] and "fails: b 0.2" in partly["why"]
+    assert "Measured cause: cosine 0.99" in partly["why"]
+    assert verdict_from_checks([("a", False)])["status"] == "not"
+    with pytest.raises(ValueError):
+        verdict_from_checks([])
+
+
+def bn_rows(mid):
+    """Rows for bn_verdict: ``mid[(width, line, variant)] = midpoint accuracy``."""
+    return [{"width": w, "line": line, "variant": v, "midpoint_acc": acc}
+            for (w, line, v), acc in mid.items()]
+
+
+def test_bn_verdict_from_numbers():
+    from permalign.experiments.bn_repair import bn_verdict
+
+    def rows(reset, repair, as_is=0.12):
+        return bn_rows({(w, m, v): acc for w in (1, 4) for m in ("weight", "activation")
+                        for v, acc in (("as is", as_is), ("+ BN reset", reset),
+                                       ("+ REPAIR", repair))})
+    assert bn_verdict(rows(0.6, 0.65))["status"] == "reproduced"
+    failed = bn_verdict(rows(0.45, 0.3), cause="corr 0.4")
+    assert failed["status"] == "partly" and "corr 0.4" in failed["why"]
+    assert bn_verdict(rows(0.13, 0.1, as_is=0.12))["status"] == "not"
+
+
+def test_width_verdict_from_numbers():
+    from permalign.experiments.width import width_verdict
+    mlp = [{"width": 16, "naive": 1.5, "aligned": 0.9}, {"width": 512, "naive": 1.3,
+                                                         "aligned": 0.05}]
+    conv = [{"width": 1, "naive": 2.0, "aligned": 0.8}, {"width": 4, "naive": 1.8,
+                                                        "aligned": 0.3}]
+    assert width_verdict(mlp, conv)["status"] == "reproduced"
+    worse = [{"width": 1, "naive": 2.0, "aligned": 0.8}, {"width": 4, "naive": 0.9,
+                                                         "aligned": 1.0}]
+    verdict = width_verdict(mlp, worse)
+    assert verdict["status"] == "partly" and "fails: BN ResNet-20" in verdict["why"]
+
+
+def test_conv_barrier_and_mlp_barrier_verdicts():
+    from permalign.experiments.conv_barrier import conv_barrier_verdict
+    from permalign.experiments.mlp_barrier import barrier_verdict
+    good = {"naive": 2.0, "weight": 0.1, "activation": 0.12, "ste": 0.05}
+    assert conv_barrier_verdict({"m": good})["status"] == "reproduced"
+    assert barrier_verdict(good)["status"] == "reproduced"
+    bad = {"naive": 2.0, "weight": 1.9, "activation": 0.5, "ste": 0.6}
+    assert conv_barrier_verdict({"m": bad})["status"] == "partly"
+    assert barrier_verdict(bad)["status"] == "not"
+
+
+def test_merge_and_split_verdicts():
+    from permalign.experiments.merge_many_exp import merge_verdict
+    from permalign.experiments.split_merge import split_verdict
+
+    def regime(inputs, merged):
+        m = lambda loss: {"test_loss": loss, "test_acc": 0.8, "test_ece": 0.1}  # noqa: E731
+        return {"inputs": [m(x) for x in inputs], "merged": m(merged)}
+    current = regime([0.30, 0.31], 0.38)
+    assert merge_verdict(regime([0.7, 0.9], 0.55), current)["status"] == "reproduced"
+    assert merge_verdict(regime([0.7, 0.9], 0.75), current)["status"] == "not"
+
+    def run(a, b, mid, best, lam=0.5):
+        return {"model A": {"test_loss": a}, "model B": {"test_loss": b},
+                "aligned midpoint (λ=0.5)": {"test_loss": mid},
+                "aligned best λ": {"test_loss": best}, "best_lambda": lam}
+    assert split_verdict([run(0.4, 0.4, 0.35, 0.33)] * 3)["status"] == "reproduced"
+    assert split_verdict([run(0.4, 0.4, 0.42, 0.36, 0.8)] * 3)["status"] == "partly"
+
+
+def test_checkpoint_names_keep_image_sizes_apart(tmp_path):
+    """A downsampled data set never reuses a full-resolution checkpoint of the same size."""
+    from permalign.data import load_digits
+    from permalign.experiments.common import _checkpoint_stem
+    data = load_digits()
+    small = data.downsampled(2)
+    kwargs = dict(seed=0, recipe="official-conv", epochs=3)
+    assert _checkpoint_stem("resnet20", data, **kwargs) != \
+        _checkpoint_stem("resnet20", small, **kwargs)
+    assert _checkpoint_stem("resnet20", data, **kwargs) != \
+        _checkpoint_stem("resnet20", data, **{**kwargs, "recipe": "quick-adam"})
+
+
+def test_trained_state_follows_the_recipe(tmp_path):
+    """The cached training is the recipe's: the same seed gives the weights train_seed gives,
+    and a second call loads them instead of training again."""
+    from permalign.data import load_digits
+    from permalign.experiments.common import trained_state, train_config
+    from permalign.workflow import train_seed
+    data = load_digits().subset(train=200)
+    cfg = ExperimentConfig(out=tmp_path, scale="quick", progress=False)
+    state = trained_state(cfg, "mlp:depth=2,width=16", data, seed=3, recipe="official-mlp",
+                          epochs=2)
+    again = train_seed("mlp:depth=2,width=16", data,
+                       train_config("official-mlp", data, seed=3, epochs=2), progress=False)
+    assert all(torch.equal(state[k], again.state[k]) for k in state)
+    files = list((tmp_path / "checkpoints").iterdir())
+    assert len(files) == 1 and "official-mlp" in files[0].name
+    assert trained_state(cfg, "mlp:depth=2,width=16", data, seed=3, recipe="official-mlp",
+                         epochs=2)["layers.0.weight"].shape == state["layers.0.weight"].shape
+
+
+def test_align_prints_objective_before_and_after(trained, tmp_path, capsys):
+    from permalign.io import save_state_dict
+    model_string = "mlp:depth=2,width=32"
+    paths = []
+    for seed in range(2):
+        _, _, state = trained(model_string, seed, 5)
+        paths.append(tmp_path / f"m{seed}.pt")
+        save_state_dict(state, paths[-1])
+    assert main(["align", *map(str, paths), "--model", model_string, "--quiet",
+                 "--out", str(tmp_path / "b.pt"), "--perm-out", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("weight-matching objective"))
+    assert "before" in line and "after" in line
+    change = json.loads((tmp_path / "p.json").read_text())["objective_change"]
+    assert change["after"] >= change["before"]  # weight matching never lowers the objective

@@ -18,7 +18,7 @@ from ..errors import PermalignError
 from ..evaluate import evaluate
 from ..interpolation import interpolation_curve
 from ..augment import augmentation_for
-from ..diagnostics import distance_to_init
+from ..diagnostics import distance_to_init, objective_change
 from ..io import atomic_write_text, save_state_dict
 from ..match import METHODS, get_method
 from ..merge import merge_many
@@ -157,7 +157,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     aligned, result = align(args.method, inputs.spec, inputs.model, state_a, state_b,
                             data=inputs.data, seed=args.seed, device=inputs.device,
                             progress=not args.quiet, **options)
+    change = objective_change(inputs.spec, state_a, state_b, result.perm)
     record = result.to_json()
+    record["objective_change"] = change.to_json()
     record["provenance"] = provenance(seeds={"matching": args.seed}, device=inputs.device,
                                       started=started)
     objective = result.history[-1] if result.history else float("nan")
@@ -177,6 +179,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     start = f" from the {result.info['init']} start" if "init" in result.info else ""
     objective = f"{result.history[-1]:.6g}" if result.history else "not computed"
     print(f"{args.method} matching{start}: {len(result.history)} steps, objective {objective}")
+    print(f"weight-matching objective before {change.before:.6g}, after {change.after:.6g} "
+          f"(cosine of A and B's weights {change.cosine_before:.4f} -> {change.cosine_after:.4f})")
     return 0
 
 

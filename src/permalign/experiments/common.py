@@ -16,6 +16,7 @@ from ..data import Dataset, load_dataset
 from ..errors import DataError, PermalignError
 from ..io import atomic_write_text, load_state_dict, save_state_dict
 from ..provenance import provenance
+from ..recipes import DEFAULT_RECIPE, get_recipe, recipe_config
 from ..train import TrainConfig, train_model
 from ..models import build_model
 
@@ -131,51 +132,92 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)
 
 
-def _checkpoint_stem(model_string: str, data: Dataset, *, seed: int, epochs: int,
-                     tag: str = "", lr: float = 1e-3, optimizer: str = "adam") -> str:
-    """File name (without suffix) of a cached checkpoint; one place so snapshots match."""
-    return _slug(f"{model_string}-{data.name}-n{len(data.train_x)}{tag}-s{seed}-{optimizer}"
-                 f"{lr:g}-e{epochs}")
+def _checkpoint_stem(model_string: str, data: Dataset, *, seed: int, recipe: str,
+                     epochs: int, tag: str = "") -> str:
+    """File name (without suffix) of a cached checkpoint; one place so snapshots match.
+
+    Image sizes are part of the name, so a downsampled data set never reuses a checkpoint
+    trained at full resolution.
+    """
+    shape = "x".join(str(s) for s in data.input_shape)
+    return _slug(f"{model_string}-{data.name}-{shape}-n{len(data.train_x)}{tag}-s{seed}-"
+                 f"{recipe}-e{epochs}")
+
+
+def train_config(recipe: str, data: Dataset, *, seed: int, epochs: int | None = None,
+                 lr: float | None = None) -> TrainConfig:
+    """The named recipe's :class:`TrainConfig` for ``data`` (``epochs`` overrides the
+    recipe's count: CPU runs shorten long recipes and say so in their setup; ``lr`` its
+    learning rate, where a measured failure needs it)."""
+    return recipe_config(recipe, dataset=data.name, seed=seed, epochs=epochs, lr=lr)
+
+
+def recipe_setup(recipe: str, data: Dataset, epochs: int | None, why: str,
+                 lr: float | None = None, lr_why: str = "") -> dict[str, Any]:
+    """What a result's ``setup`` says about training: the recipe, its settings, the epochs
+    used (and the recipe's own count where a CPU run shortened it), and why this recipe."""
+    r = get_recipe(recipe)
+    used = train_config(recipe, data, seed=0, epochs=epochs).epochs
+    own = r.epochs_for(data.name)
+    entry = {"recipe": r.summary(), "recipe_source": r.source, "why_this_recipe": why,
+             "epochs": used}
+    if used != own:
+        entry["epochs"] = f"{used} (the recipe's {own} shortened to fit a CPU)"
+    if lr is not None and lr != r.lr:
+        entry["learning_rate"] = f"{lr:g} instead of the recipe's {r.lr:g}: {lr_why}"
+    return entry
+
+
+def initial_state(model_string: str, data: Dataset, *, seed: int) -> dict[str, torch.Tensor]:
+    """The initial weights training from ``seed`` starts from (they depend only on the seed)."""
+    model = build_model(model_string, data.input_shape, data.num_classes, seed=seed)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def trained_state(cfg: ExperimentConfig, model_string: str, data: Dataset, *, seed: int,
-                  epochs: int, tag: str = "", lr: float = 1e-3, optimizer: str = "adam",
-                  snapshots: bool = False) -> dict[str, torch.Tensor]:
-    """Train (or load from the cache under ``out/checkpoints``) a model from ``seed``.
+                  recipe: str = DEFAULT_RECIPE, epochs: int | None = None, tag: str = "",
+                  snapshots: bool = False, lr: float | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Train with a named recipe (or load from the cache under ``out/checkpoints``) a model
+    from ``seed``; ``epochs`` overrides the recipe's count.
 
     With ``snapshots`` a checkpoint is kept after every epoch (see :func:`snapshot`).
     """
+    train_cfg = train_config(recipe, data, seed=seed, epochs=epochs, lr=lr)
+    if lr is not None:
+        tag += f"-lr{lr:g}"
     folder = cfg.out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = _checkpoint_stem(model_string, data, seed=seed, epochs=epochs, tag=tag, lr=lr,
-                            optimizer=optimizer)
+    stem = _checkpoint_stem(model_string, data, seed=seed, recipe=recipe,
+                            epochs=train_cfg.epochs, tag=tag)
     path = folder / f"{stem}.pt"
     if path.exists():
         return load_state_dict(path)
     model = build_model(model_string, data.input_shape, data.num_classes, seed=seed)
 
     def keep(epoch: int, m: torch.nn.Module) -> None:
-        if snapshots and epoch < epochs:
+        if snapshots and epoch < train_cfg.epochs:
             save_state_dict(m.state_dict(), folder / f"{stem}-at{epoch}.pt", force=True,
                             now=True)  # a cache: kept at once, outside the run's outputs
 
     cfg.log(f"  training {model_string} on {data.name} ({len(data.train_x)} examples, "
-            f"{epochs} epochs, seed {seed})")
-    train_model(model, data, TrainConfig(epochs=epochs, seed=seed, lr=lr, optimizer=optimizer),
-                device=cfg.device, progress=cfg.progress, on_epoch=keep)
+            f"{recipe}, {train_cfg.epochs} epochs, seed {seed})")
+    train_model(model, data, train_cfg, device=cfg.device, progress=cfg.progress, on_epoch=keep)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_state_dict(state, path, force=True, now=True)
     return state
 
 
 def snapshot(cfg: ExperimentConfig, model_string: str, data: Dataset, *, seed: int,
-             epochs: int, at: int, **kwargs: Any) -> dict[str, torch.Tensor]:
+             epochs: int, at: int, recipe: str = DEFAULT_RECIPE, tag: str = ""
+             ) -> dict[str, torch.Tensor]:
     """The weights after ``at`` of ``epochs`` epochs (trains with snapshots if needed)."""
     final = trained_state(cfg, model_string, data, seed=seed, epochs=epochs, snapshots=True,
-                          **kwargs)
+                          recipe=recipe, tag=tag)
     if at >= epochs:
         return final
-    stem = _checkpoint_stem(model_string, data, seed=seed, epochs=epochs, **kwargs)
+    stem = _checkpoint_stem(model_string, data, seed=seed, recipe=recipe, epochs=epochs,
+                            tag=tag)
     path = cfg.out / "checkpoints" / f"{stem}-at{at}.pt"
     if not path.exists():
         raise PermalignError(f"snapshot {path} is missing; delete {cfg.out / 'checkpoints'} "
@@ -204,3 +246,27 @@ def write_results(cfg: ExperimentConfig, name: str, result: ExperimentResult) ->
 def table(columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:
     """A results table: rendered by ``permalign report``."""
     return {"columns": columns, "rows": rows}
+
+
+# ------------------------------------------------------------------ verdicts
+VERDICTS = ("reproduced", "partly", "not")
+
+
+def verdict_from_checks(checks: list[tuple[str, bool]], cause: str = "") -> dict[str, str]:
+    """A claim's verdict from measured checks: ``[(what was measured, whether it holds the
+    claim)]``. All hold: reproduced; none: not; otherwise partly. ``cause`` (the measured
+    reason) is added when some check fails."""
+    if not checks:
+        raise ValueError("a verdict needs at least one check")
+    held = sum(ok for _, ok in checks)
+    status = ("reproduced" if held == len(checks) else "not" if held == 0 else "partly")
+    why = "; ".join(f"{'holds' if ok else 'fails'}: {text}" for text, ok in checks) + "."
+    if cause and status != "reproduced":
+        why += f" Measured cause: {cause}"
+    return {"status": status, "why": why}
+
+
+def prefixed(prefix: str, entries: dict[str, Any]) -> dict[str, Any]:
+    """``{"prefix key": value}``: flat setup entries for one part of an experiment (the report
+    renders setup as one line of ``key = value``)."""
+    return {f"{prefix} {k}": v for k, v in entries.items()}

@@ -17,7 +17,7 @@ from ..permutation import apply_permutation
 from ..zoo.mlp import build_mlp
 from dataclasses import dataclass
 
-from .common import ExperimentConfig, ExperimentResult, experiment, table
+from .common import ExperimentConfig, ExperimentResult, experiment, table, verdict_from_checks
 
 # PyTorch Linear weights are (out, in)
 MODEL_A = {"layers.0.weight": [[1.0, 0.0], [0.0, -1.0]], "layers.0.bias": [1.0, 0.0],
@@ -76,4 +76,6 @@ def run(cfg: ExperimentConfig, sizes: Sizes) -> ExperimentResult:
                      "error barrier"], rows),
         plots=["counterexample.png"],
         setup={"points": len(x), "inputs": "uniform on [-1, 1]^2, seed 0"},
+        verdict=verdict_from_checks(
+            [(f"{r[0]}: error barrier {r[4]:.3f}", r[4] > 0) for r in rows]),
         seeds={"data": 0})

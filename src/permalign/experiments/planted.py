@@ -10,7 +10,7 @@ from ..permutation import apply_permutation, invert, random_permutation
 from dataclasses import dataclass
 
 from .common import (ExperimentConfig, ExperimentResult, experiment, experiment_data, mean_std,
-                     table, trained_state)
+                     table, trained_state, verdict_from_checks)
 
 
 def _recovered(found, truth) -> bool:
@@ -27,6 +27,21 @@ def _strategies(spec, model, a, b, data, trial, device):
     warm = weight_matching(spec, a, b, seed=trial, init=act.perm, device=device)
     return {"weight matching": single, "best of 5 seeds": restarts,
             "activation matching": act, "activation init + weight matching": warm}
+
+
+def planted_verdict(results: dict[str, dict[str, dict]]) -> dict[str, str]:
+    """Checks from ``{model: {strategy: {"recovered", "trials"}}}``: per model, the best
+    strategy recovers more often than the published 10 % and at least as often as a single
+    weight-matching run."""
+    checks = []
+    for model, by_strategy in results.items():
+        single = by_strategy["weight matching"]
+        name, best = max(by_strategy.items(), key=lambda kv: kv[1]["recovered"])
+        checks.append((f"{model}: {name} recovers {best['recovered']}/{best['trials']}, single "
+                       f"weight matching {single['recovered']}/{single['trials']}",
+                       best["recovered"] / best["trials"] > 0.1
+                       and best["recovered"] >= single["recovered"]))
+    return verdict_from_checks(checks)
 
 
 @dataclass(frozen=True)
@@ -80,4 +95,5 @@ def run(cfg: ExperimentConfig, sizes: Sizes) -> ExperimentResult:
         table=table(["model", "strategy", "recovered", "rate",
                      "relative objective gap when missed"], rows),
         setup={"dataset": data.name, "train_examples": len(small.train_x), "trials": trials},
+        verdict=planted_verdict(results),
         seeds={"model": 0, "planted": [1000 + t for t in range(trials)]})
