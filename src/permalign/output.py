@@ -113,17 +113,23 @@ def resolve_target(path: str | Path) -> Path:
     return real
 
 
+def _stat_or_none(target: Path, shown: str | Path,
+                  stat_fn: Callable[[Path], os.stat_result]) -> os.stat_result | None:
+    """``stat_fn(target)``, None if it does not exist; other OS errors name ``shown``."""
+    try:
+        return stat_fn(target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(os_error_message(shown, exc)) from None
+
+
 def check_target(path: str | Path, *, force: bool, what: str | None = None) -> Path:
     """Raise OutputError unless ``path`` can be written as a regular file; return the file
     that will be written (``path`` with symbolic links followed)."""
     label = f"{what} {path}" if what else str(path)
     target = resolve_target(path)
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise OutputError(os_error_message(path, exc)) from None
+    st = _stat_or_none(target, path, os.stat)
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(f"{label} is {file_kind(st.st_mode)}, not a regular file; "
@@ -303,12 +309,7 @@ class Transaction:
     def _place(self, item: _Staged) -> Path | None:
         """Move one staged file onto its target; returns a backup of a replaced file."""
         target, path = item.target, item.path
-        try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise OutputError(os_error_message(path, exc)) from None
+        st = _stat_or_none(target, path, os.lstat)
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise OutputError(f"{path} became {file_kind(st.st_mode)} while this command ran; "
                               "nothing was written")
