@@ -111,14 +111,20 @@ def test_merge_many_of_permuted_copies_is_the_model(trained):
             assert torch.allclose(aligned[k], result.aligned[0][k])
 
 
-def test_merge_command(trained, tmp_path, capsys):
+def saved_checkpoints(trained, folder, model_string: str, count: int) -> list:
+    """Paths of ``count`` trained models (seeds 0, 1, ...) saved as checkpoints in ``folder``."""
     from permalign.io import save_state_dict
-    model_string = "mlp:depth=2,width=64"
     paths = []
-    for seed in range(3):
+    for seed in range(count):
         _, _, state = trained(model_string, seed, 5)
-        paths.append(tmp_path / f"m{seed}.pt")
+        paths.append(folder / f"m{seed}.pt")
         save_state_dict(state, paths[-1])
+    return paths
+
+
+def test_merge_command(trained, tmp_path, capsys):
+    model_string = "mlp:depth=2,width=64"
+    paths = saved_checkpoints(trained, tmp_path, model_string, 3)
     assert main(["merge", *map(str, paths), "--model", model_string,
                  "--out", str(tmp_path / "merged.pt")]) == 0
     merged = torch.load(tmp_path / "merged.pt", weights_only=True)
@@ -337,13 +343,8 @@ def test_trained_state_follows_the_recipe(tmp_path):
 
 
 def test_align_prints_objective_before_and_after(trained, tmp_path, capsys):
-    from permalign.io import save_state_dict
     model_string = "mlp:depth=2,width=32"
-    paths = []
-    for seed in range(2):
-        _, _, state = trained(model_string, seed, 5)
-        paths.append(tmp_path / f"m{seed}.pt")
-        save_state_dict(state, paths[-1])
+    paths = saved_checkpoints(trained, tmp_path, model_string, 2)
     assert main(["align", *map(str, paths), "--model", model_string, "--quiet",
                  "--out", str(tmp_path / "b.pt"), "--perm-out", str(tmp_path / "p.json")]) == 0
     out = capsys.readouterr().out
