@@ -24,3 +24,10 @@ class OutputError(PermalignError):
 
 class TrainingError(PermalignError):
     """Training that cannot go on (the loss became NaN or infinite)."""
+
+
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """The first line of an exception's message (cut to ``limit`` characters), or its type's
+    name when the message is empty: how foreign errors appear inside our one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, PermalignError
+from .errors import CheckpointError, PermalignError, first_line
 from . import output
 from .io import check_state_dict, load_state_dict
 
@@ -81,7 +81,7 @@ def load_config(folder: str | Path):
     try:
         return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise PermalignError(f"cannot read {Path(folder) / CONFIG}: {first}") from None
 
 
@@ -108,7 +108,7 @@ def build_model(folder: str | Path, *, seed: int = 0, load_weights: bool = True)
     try:
         model = cls(config)
     except Exception as exc:  # transformers raises many types for a bad config
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise PermalignError(f"cannot build {cls.__name__} from {Path(folder) / CONFIG}: "
                              f"{first}") from None
     model.eval()
@@ -159,7 +159,7 @@ def iter_tensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             try:
                 handle = safe_open(str(path), framework="pt")
             except Exception as exc:  # safetensors raises several unrelated types
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc, None)
                 raise CheckpointError(f"{path} is not a readable safetensors file ({first})"
                                       ) from None
             with handle:
@@ -316,7 +316,7 @@ def tokenizer(folder: str | Path) -> Callable[[str], list[int]] | None:
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise PermalignError(f"cannot load the tokenizer in {folder}: {first}") from None
     return lambda text: list(tok(text, add_special_tokens=False)["input_ids"])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import output
-from .errors import CheckpointError, PermalignError
+from .errors import CheckpointError, PermalignError, first_line
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 
@@ -111,7 +111,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj: object = load_file(str(path))
         except Exception as exc:  # safetensors raises several unrelated types
             raise CheckpointError(f"{path} is not a readable safetensors file "
-                                  f"({_one_line(exc)})") from None
+                                  f"({first_line(exc, None)})") from None
     else:
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols; we decide
@@ -132,11 +132,6 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                   f"read it: {type(exc).__name__}); expected a .pt state dict "
                                   "or a .safetensors file") from None
     return _find_state_dict(obj, path)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],

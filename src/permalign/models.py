@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import zoo
-from .errors import PermalignError
+from .errors import PermalignError, first_line
 from .permutation import check_spec
 from .spec import PermutationSpec
 
@@ -107,7 +107,7 @@ def _import_library(package: str, model_string: str):
     try:
         return importlib.import_module(package)
     except Exception as exc:  # a torchvision built for another torch raises RuntimeError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise PermalignError(f"--model {model_string} needs the {package} package, which "
                              f"cannot be imported here ({type(exc).__name__}: {first}); "
                              f"install a {package} built for torch {torch.__version__}"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import distributed
-from .errors import OutputError
+from .errors import OutputError, first_line
 
 DEFERRED_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None),
                                      getattr(signal, "SIGHUP", None)) if s is not None)
@@ -258,7 +258,7 @@ class Transaction:
             if isinstance(exc, OSError):
                 raise OutputError(os_error_message(path, exc)) from None
             if isinstance(exc, (RuntimeError, ValueError)):  # torch.save, safetensors, savefig
-                raise OutputError(f"cannot write {path}: {_first_line(exc)}") from None
+                raise OutputError(f"cannot write {path}: {first_line(exc)}") from None
             raise
         return Path(path)
 
@@ -388,11 +388,6 @@ def _fsync(path: Path) -> None:
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         _fsync(directory)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------ the current transaction

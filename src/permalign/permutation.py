@@ -121,10 +121,7 @@ def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
         for axis, idx in indices.get(key, {}).items():
             value = torch.index_select(value, axis, idx)
         out[key] = value
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        out = _with_metadata(out, metadata)
-    return out
+    return keep_metadata(out, state_dict)
 
 
 class _StateDict(dict):
@@ -133,7 +130,13 @@ class _StateDict(dict):
     _metadata: Any
 
 
-def _with_metadata(state: dict[str, torch.Tensor], metadata: Any) -> dict[str, torch.Tensor]:
+def keep_metadata(state: dict[str, torch.Tensor], source: Mapping[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+    """``state`` carrying ``source``'s ``_metadata`` (module versions that ``load_state_dict``
+    reads, e.g. MNASNet's), when ``source`` has one."""
+    metadata = getattr(source, "_metadata", None)
+    if metadata is None:
+        return state
     out = _StateDict(state)
     out._metadata = copy.deepcopy(metadata)
     return out

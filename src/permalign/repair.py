@@ -24,7 +24,8 @@ from torch import nn
 
 from . import distributed
 from .data import batches
-from .statedict import has_batchnorm, keep_metadata, lerp_state, reset_bn_stats
+from .permutation import keep_metadata
+from .statedict import has_batchnorm, lerp_state, reset_bn_stats
 from .sites import feature_dim, repair_sites
 from .spec import PermutationSpec
 from .stats import ChannelMoments

@@ -9,15 +9,7 @@ from torch import nn
 
 from . import distributed
 from .data import batches
-from .permutation import _with_metadata
-
-
-def keep_metadata(state: dict[str, torch.Tensor], source: Mapping[str, torch.Tensor]
-                  ) -> dict[str, torch.Tensor]:
-    """``state`` carrying ``source``'s ``_metadata`` (module versions that ``load_state_dict``
-    reads, e.g. MNASNet's), when ``source`` has one."""
-    metadata = getattr(source, "_metadata", None)
-    return state if metadata is None else _with_metadata(state, metadata)
+from .permutation import keep_metadata
 
 
 def lerp_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.fx import Node
 
-from ..errors import SpecError
+from ..errors import SpecError, first_line
 from ..spec import Member, PermutationSpec
 from .axes import AxisAlgebra, Cat, InferenceError, Term
 from .context import Context
@@ -89,7 +89,7 @@ def export_graph(model: nn.Module, args: tuple, kwargs: dict[str, Any]):
     try:
         return torch.export.export(model, args, kwargs=kwargs, strict=False)
     except Exception as exc:  # export raises many types; report one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise SpecError(f"torch.export could not trace the model ({type(exc).__name__}: "
                         f"{first}); pass example inputs it accepts") from None
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import first_line
+
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
 
@@ -77,7 +79,7 @@ def library_unavailable(library: str) -> str | None:
         if library == "transformers":
             module.logging.set_verbosity_error()
     except Exception as exc:  # a broken install raises anything (RuntimeError for torchvision)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, 160)
         return f"{library} does not import with torch {torch.__version__}: {first}"
     return None
 
