@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import nn
 from .errors import CheckpointError, PermalignError, first_line
 from . import output
 from .io import check_state_dict, load_state_dict
+from .lazy import LazyStateDict, shape_of, stubs
 
 PREFIX = "hf:"
 CONFIG = "config.json"
@@ -195,6 +196,28 @@ def stored_names(model: nn.Module) -> dict[str, str]:
     return {k: names.get(k, k) for k in state}
 
 
+def _sources(model: nn.Module, stored: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """``(state-dict key -> stored name it is read from, stored names the model does not
+    take)`` for the names ``stored`` in a folder (see :func:`load_state`)."""
+    stored = list(stored)
+    available = set(stored)
+    reference = model.state_dict(keep_vars=True)
+    names = stored_names(model)
+    by_tensor: dict[int, list[str]] = {}
+    for key, value in reference.items():
+        by_tensor.setdefault(id(value), []).append(key)
+    sources: dict[str, str] = {}
+    for key, value in reference.items():
+        source = next((names[k] for k in by_tensor[id(value)] if names[k] in available), None)
+        if source is not None:
+            sources[key] = source
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected",
+                                              None) or []]
+    known = set(names.values())
+    extra = [k for k in stored if k not in known and not any(p.search(k) for p in ignored)]
+    return sources, extra
+
+
 def load_state(folder: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The folder's weights as a complete state dict of ``model`` (its keys).
 
@@ -204,29 +227,56 @@ def load_state(folder: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
     except those transformers itself ignores for this class. Tensors are cast to the model's
     dtypes (:func:`save_folder` writes them back in their stored dtypes).
     """
-    reference = model.state_dict(keep_vars=True)
-    names = stored_names(model)
+    reference = model.state_dict()
     loaded = dict(iter_tensors(folder))
-    by_tensor: dict[int, list[str]] = {}
-    for key, value in reference.items():
-        by_tensor.setdefault(id(value), []).append(key)
-    state: dict[str, torch.Tensor] = {}
-    for key, value in reference.items():
-        source = next((names[k] for k in by_tensor[id(value)] if names[k] in loaded), None)
-        if source is not None:
-            state[key] = loaded[source]
-    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected",
-                                              None) or []]
-    known = set(names.values())
-    extra = {k: v for k, v in loaded.items()
-             if k not in known and not any(p.search(k) for p in ignored)}
-    check_state_dict({**state, **extra}, {k: v.detach() for k, v in reference.items()},
-                     name=str(folder))
+    sources, extra = _sources(model, loaded)
+    state = {key: loaded[source] for key, source in sources.items()}
+    check_state_dict({**state, **{k: loaded[k] for k in extra}}, reference, name=str(folder))
     return {k: state[k].to(reference[k].dtype) for k in reference}
 
 
+def lazy_state(folder: str | Path, model: nn.Module) -> LazyStateDict:
+    """:func:`load_state` without loading: a :class:`~permalign.lazy.LazyStateDict` with the
+    model's keys over the folder's safetensors shards, each tensor read (and cast to the
+    model's dtype) only when asked for.
+
+    Keys, shapes and dtypes are checked as :func:`load_state` does, from the files' headers;
+    the check for NaN and Inf values is left out (it would read every tensor).
+    """
+    files = weight_files(folder)
+    if any(path.suffix != ".safetensors" for path in files):
+        raise PermalignError(f"{folder} stores its weights as pytorch_model.bin, which cannot "
+                             "be read lazily; save it as safetensors (or leave out "
+                             "--low-memory)")
+    stored = LazyStateDict(files)
+    reference = model.state_dict()
+    sources, extra = _sources(model, stored)
+    shapes = stubs(stored, list(dict.fromkeys([*sources.values(), *extra])))
+    check_state_dict({**{key: shapes[source] for key, source in sources.items()},
+                      **{k: shapes[k] for k in extra}}, reference, name=str(folder))
+    return LazyStateDict(files, entries={k: stored.entries[sources[k]] for k in reference},
+                         cast={k: v.dtype for k, v in reference.items()})
+
+
+def open_lazy(path: str | Path) -> LazyStateDict:
+    """Every tensor of a ``.safetensors`` file, or of a folder's safetensors weights
+    (``model.safetensors`` or sharded with ``model.safetensors.index.json``; ``hf:FOLDER``
+    too), under its stored name, loaded only when asked for."""
+    text = str(path)
+    path = Path(text[len(PREFIX):] if text.startswith(PREFIX) else text)
+    files = weight_files(path) if path.is_dir() else [path]
+    if any(f.suffix != ".safetensors" for f in files):
+        raise PermalignError(f"{path}: only safetensors weights can be read lazily")
+    return LazyStateDict(files)
+
+
 def stored_layout(folder: str | Path) -> dict[str, torch.dtype]:
-    """``name -> dtype`` of every tensor stored in the folder, in storage order."""
+    """``name -> dtype`` of every tensor stored in the folder, in storage order (read from
+    the safetensors headers without loading, where the folder has them)."""
+    files = weight_files(folder)
+    if all(path.suffix == ".safetensors" for path in files):
+        stored = LazyStateDict(files)
+        return {name: stored.dtype(name) for name in stored}
     return {name: tensor.dtype for name, tensor in iter_tensors(folder)}
 
 
@@ -396,29 +446,26 @@ def save_folder(out: str | Path, state: Mapping[str, torch.Tensor], source: str 
     ``model.safetensors.index.json``; ``config.json`` and the tokenizer and generation files
     are copied; ``card`` becomes ``README.md``. ``config.json`` is written last, so a folder
     left half-written by a crash does not load.
+
+    Each shard's tensors are made only while that shard is written, so with a lazy ``state``
+    (:mod:`permalign.lazy`: loaded or computed on access) at most one shard is in memory.
     """
-    from safetensors.torch import save_file
     source = Path(source)
     layout = dict(layout if layout is not None else stored_layout(source))
     key_of = {stored: key for key, stored in (names or {k: k for k in state}).items()}
     missing = [k for k in layout if key_of.get(k) not in state]
     if missing:
         raise PermalignError(f"cannot write {out}: the state lacks {', '.join(missing[:3])}")
-    tensors = {k: state[key_of[k]].detach().to(device="cpu", dtype=dtype).contiguous()
-               for k, dtype in layout.items()}
-    shards = plan_shards({k: t.numel() * t.element_size() for k, t in tensors.items()},
-                         max_shard_bytes)
+    sizes = {k: shape_of(state, key_of[k]).numel() * dtype.itemsize
+             for k, dtype in layout.items()}
+    shards = plan_shards(sizes, max_shard_bytes)
     files: dict[str, Callable[[Path], None]] = {}
     weight_map: dict[str, str] = {}
     for i, names in enumerate(shards):
         file_name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        part = {k: tensors[k] for k in names}
-        files[file_name] = (lambda tmp, part=part: save_file(part, str(tmp),
-                                                             metadata={"format": "pt"}))
+        files[file_name] = _shard_writer(state, {k: (key_of[k], layout[k]) for k in names})
         weight_map.update(dict.fromkeys(names, file_name))
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
-                                            for t in tensors.values())},
-             "weight_map": weight_map}
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
     files[SAFE_INDEX] = _text_writer(json.dumps(index, indent=2))
     for name in COPIED_FILES:
         if (source / name).is_file():
@@ -426,6 +473,18 @@ def save_folder(out: str | Path, state: Mapping[str, torch.Tensor], source: str 
     files["README.md"] = _text_writer(card)
     files[CONFIG] = _copy_writer(source / CONFIG)
     return commit_folder(out, files, force=force)
+
+
+def _shard_writer(state: Mapping[str, torch.Tensor],
+                  part: Mapping[str, tuple[str, torch.dtype]]) -> Callable[[Path], None]:
+    """Write one shard: ``stored name -> (state key, dtype)``; its tensors are made (for a
+    lazy ``state``: loaded or computed) only while the shard is written."""
+    def write(tmp: Path) -> None:
+        from safetensors.torch import save_file
+        tensors = {name: state[key].detach().to(device="cpu", dtype=dtype).contiguous()
+                   for name, (key, dtype) in part.items()}
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    return write
 
 
 def _text_writer(text: str) -> Callable[[Path], None]:

@@ -9,7 +9,9 @@ from torch import nn
 
 from . import distributed
 from .data import batches
-from .permutation import keep_metadata
+from .lazy import LazyView, dtype_of, shape_of, stubs
+from .permutation import axis_indices, keep_metadata
+from .spec import PermutationSpec
 
 
 def lerp_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
@@ -28,6 +30,34 @@ def mean_state(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tens
     return keep_metadata({k: torch.stack([s[k].to(v.device) for s in states]).mean(0)
                           if v.is_floating_point() else v.clone() for k, v in first.items()},
                          first)
+
+
+def permuted_view(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
+                  state: Mapping[str, torch.Tensor]) -> LazyView:
+    """:func:`~permalign.permutation.apply_permutation` one tensor at a time: ``view[key]``
+    is ``state[key]`` (loaded then, if ``state`` is lazy) with every group's permutation
+    applied, the same bits as the eager result; nothing is kept."""
+    spec.validate_permutation(perm)
+    indices = axis_indices(spec, perm, stubs(state, spec.members_by_key()))  # shapes only
+
+    def make(key: str) -> torch.Tensor:
+        value = state[key]
+        for axis, idx in indices.get(key, {}).items():
+            value = torch.index_select(value, axis, idx)
+        return value
+    return LazyView(make, {k: shape_of(state, k) for k in state},
+                    {k: dtype_of(state, k) for k in state})
+
+
+def lerp_view(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
+              lam: float) -> LazyView:
+    """:func:`lerp_state` one tensor at a time (the same bits); nothing is kept."""
+    def make(key: str) -> torch.Tensor:
+        a = state_a[key]
+        return torch.lerp(a, state_b[key].to(a.device), lam) if a.is_floating_point() \
+            else a.clone()
+    return LazyView(make, {k: shape_of(state_a, k) for k in state_a},
+                    {k: dtype_of(state_a, k) for k in state_a})
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -10,10 +10,12 @@ from torch import nn
 
 from .data import Dataset
 from .interpolation import Curve, interpolation_curve
+from .lazy import is_lazy
 from .match import MatchResult, get_method
 from .models import build_model
 from .permutation import apply_permutation
 from .spec import PermutationSpec
+from .statedict import permuted_view
 from .train import TrainConfig, TrainRun, train_run
 
 
@@ -35,9 +37,13 @@ def align(method: str, spec: PermutationSpec, model: nn.Module,
           state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], *,
           data: Dataset | None = None, seed: int = 0, device: torch.device | str = "cpu",
           **options: Any) -> tuple[dict[str, torch.Tensor], MatchResult]:
-    """Run a registered matching method and return (B permuted onto A, the match result)."""
+    """Run a registered matching method and return (B permuted onto A, the match result).
+
+    For a lazy ``state_b`` (:mod:`permalign.lazy`) the permuted B is a lazy view too."""
     result = get_method(method).run(spec, state_a, state_b, model=model, data=data, seed=seed,
                                     device=device, **options)
+    if is_lazy(state_b):  # permuted one tensor at a time, when it is read or written
+        return permuted_view(spec, result.perm, state_b), result
     return apply_permutation(spec, result.perm, state_b), result
 
 

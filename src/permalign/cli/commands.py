@@ -28,7 +28,7 @@ from ..recipes import get_recipe
 from ..statedict import has_batchnorm
 from ..train import DEFAULT_EPOCHS, TrainConfig, train_run
 from ..workflow import align, align_and_compare, train_from_seed
-from .inputs import check_output, parse_device, resolve_inputs
+from .inputs import check_output, parse_device, resolve_inputs, wants_low_memory
 
 
 def _write_json(path: str | Path, obj: Any, *, force: bool) -> None:
@@ -151,8 +151,17 @@ def cmd_align(args: argparse.Namespace) -> int:
     check_output(args, args.out, [args.a, args.b])
     output.declare(args.perm_out, "--perm-out")
     options = _method_options(args)
+    lazy = wants_low_memory(args.low_memory if args.method == "weight" else
+                            args.low_memory or False, [args.a, args.b])
+    if lazy and args.method != "weight":
+        raise PermalignError(f"--low-memory works with weight matching only, not "
+                             f"{args.method} (which runs the model on data)")
+    if lazy and options.get("init") == "activation":
+        raise PermalignError("--low-memory cannot use --init activation (it runs the model "
+                             "with each checkpoint's weights); use auto, identity or sorted")
     inputs = resolve_inputs(args, checkpoints=[args.a, args.b],
-                            need_data=get_method(args.method).needs_data_for(options))
+                            need_data=get_method(args.method).needs_data_for(options),
+                            lazy=lazy)
     state_a, state_b = inputs.states
     aligned, result = align(args.method, inputs.spec, inputs.model, state_a, state_b,
                             data=inputs.data, seed=args.seed, device=inputs.device,

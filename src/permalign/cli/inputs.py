@@ -18,7 +18,8 @@ from .. import hf, output
 from ..data import (DATASET_SHAPES, DEFAULT_BLOCK, Dataset, canonical_name, is_text,
                     load_dataset, load_text)
 from ..errors import PermalignError, SpecError
-from ..io import check_input_file, load_checkpoint_for, save_state_dict
+from ..io import check_input_file, check_state_dict, load_checkpoint_for, save_state_dict
+from ..lazy import LazyStateDict, stubs
 from ..models import Example, ResolvedModel, model_kind, resolve
 from ..spec import PermutationSpec
 
@@ -33,7 +34,7 @@ class Inputs:
     model: nn.Module
     spec: PermutationSpec | None = None
     data: Dataset | None = None
-    states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    states: list[Mapping[str, torch.Tensor]] = field(default_factory=list)
     example: Example | None = None
     folder: Path | None = None  # the Hugging Face folder of an hf: model
 
@@ -159,26 +160,66 @@ def text_data(args: argparse.Namespace, resolved: ResolvedModel) -> Dataset:
                      vocab_size=hf.vocab_size(config), block_size=block)
 
 
-def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """A checkpoint file, or a Hugging Face folder's weights, checked against ``model``."""
+# --low-memory is on by itself when the two checkpoints hold more safetensors weights than this
+LOW_MEMORY_BYTES = 4 * 1024 ** 3
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, *, lazy: bool = False
+                    ) -> Mapping[str, torch.Tensor]:
+    """A checkpoint file, or a Hugging Face folder's weights, checked against ``model``;
+    with ``lazy`` a :class:`~permalign.lazy.LazyStateDict` (safetensors only) whose keys,
+    shapes and dtypes are checked from the file headers, each tensor read when asked for."""
     if Path(path).is_dir():
         if not hf.is_folder(path):
             raise PermalignError(f"checkpoint {path} is a folder without {hf.CONFIG}; give a "
                                  "state-dict file or a Hugging Face model folder")
-        return hf.load_state(path, model)
-    return load_checkpoint_for(path, model.state_dict())
+        return hf.lazy_state(path, model) if lazy else hf.load_state(path, model)
+    if not lazy:
+        return load_checkpoint_for(path, model.state_dict())
+    if Path(path).suffix != ".safetensors":
+        raise PermalignError(f"--low-memory reads safetensors checkpoints only; {path} is not "
+                             "one (convert it, or leave out --low-memory)")
+    reference = model.state_dict()
+    state = LazyStateDict([check_input_file(path)],
+                          cast={k: v.dtype for k, v in reference.items()})
+    check_state_dict(stubs(state), reference, name=str(path))
+    return state
+
+
+def safetensors_bytes(paths: Sequence[str | Path]) -> int | None:
+    """Bytes of safetensors weights in ``paths`` (files or Hugging Face folders), or None if
+    one of them holds another format."""
+    total = 0
+    for path in map(Path, paths):
+        try:
+            files = hf.weight_files(path) if path.is_dir() else [path]
+        except PermalignError:
+            return None
+        if any(f.suffix != ".safetensors" or not f.is_file() for f in files):
+            return None
+        total += sum(f.stat().st_size for f in files)
+    return total
+
+
+def wants_low_memory(given: bool | None, checkpoints: Sequence[str | Path]) -> bool:
+    """``--low-memory`` as given, or (left out) whether the checkpoints are safetensors
+    holding more than :data:`LOW_MEMORY_BYTES` together."""
+    if given is not None:
+        return given
+    size = safetensors_bytes(checkpoints)
+    return size is not None and size > LOW_MEMORY_BYTES
 
 
 def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path] = (),
                    need_data: bool | Callable[[nn.Module], bool] = False,
-                   need_spec: bool = True, model_seed: int = 0) -> Inputs:
+                   need_spec: bool = True, model_seed: int = 0, lazy: bool = False) -> Inputs:
     """Device, data (if needed), model and spec (if needed), and the checkpoints, checked
     against the model.
 
     ``need_data`` may be a predicate on the built model (e.g. "has BatchNorm layers").
     The model's initial weights come from ``model_seed`` (an hf: model has its folder's).
     Checkpoints are state-dict files or Hugging Face folders; without ``--model``, the first
-    checkpoint's folder is the model.
+    checkpoint's folder is the model. ``lazy``: read them lazily (:func:`load_checkpoint`).
     """
     device = parse_device(args.device)
     name = model_string(args, checkpoints)
@@ -200,6 +241,6 @@ def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path
     elif wanted and data is None:
         data = load_data(args)
         model_io(args, data)  # the data must fit the model built from --dataset's shape
-    states = [load_checkpoint(path, model) for path in checkpoints]
+    states = [load_checkpoint(path, model, lazy=lazy) for path in checkpoints]
     return Inputs(device, shape, classes, model, resolved.spec, data, states,
                   resolved.example, resolved.folder)

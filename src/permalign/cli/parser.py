@@ -245,6 +245,11 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
                    "hf: models)")
     p.add_argument("--perm-out", help="also write the permutation and its history as JSON "
                    "(written together with --out)")
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="read A and B lazily (safetensors files or folders: one tensor at a "
+                   "time), match with --memory bounded and write the aligned folder shard by "
+                   "shard; the same result as without it. Default: on for weight matching when "
+                   "A and B together hold more than 4 GiB of safetensors weights")
     add_output_args(p)
 
     p = sub.add_parser("interpolate", help="loss/accuracy along the line from A to B")

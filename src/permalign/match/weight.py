@@ -12,6 +12,16 @@ solving it again gives the same answer and no progress: it is skipped. This chan
 the search (tested against ``skip_unchanged=False``), and makes the final, confirming sweep
 nearly free.
 
+``memory="bounded"`` (chosen by itself when a state dict is lazy, :mod:`permalign.lazy`)
+keeps none of these caches: a group's similarity is summed member by member in float64,
+``S += A_rows @ permuted(B_rows).T``, each member's tensors loaded (or converted to float32)
+when needed and dropped after. Peak memory is then about one member's float32 rows of A and of
+B (plus the tensor each is read from, and the gathered copy of B's), plus the ``(n, n)``
+float64 similarity and its float32 product: for the largest member of ``R`` rows of ``D``
+floats, about ``4 * 4 * R * D + 12 * n**2`` bytes above the inputs' own storage, and nothing in
+proportion to the model. It gives the same permutations as the cached mode (tested), and reads
+every member's tensors once per solve instead of once.
+
 Every operation runs on one torch thread; only products large enough to gain from it are split
 by rows over a few Python threads, which gives the same bits (see :mod:`permalign.threads`).
 """
@@ -27,11 +37,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, lap
-from ..errors import SpecError
-from ..permutation import (apply_permutation, identity_permutation, member_index,
-                           random_permutation, unit_view)
+from ..errors import PermalignError, SpecError
+from ..lazy import float_view, is_lazy, stubs
+from ..permutation import identity_permutation, member_index, random_permutation, unit_view
 from ..spec import Member, Permutation, PermutationSpec
-from ..statedict import float_state
+from ..statedict import float_state, permuted_view
 from ..threads import matmul_nt, torch_threads
 from .base import MatchResult, Option, default_similarity_key, register, solver_option
 from .init import run_from_starts
@@ -92,24 +102,39 @@ def _block_shape(tensor: torch.Tensor, member: Member, others: Others
     return pre, rest[axis], int(np.prod(rest[axis + 1:])) if axis + 1 < len(rest) else 1
 
 
+MEMORY_MODES = ("auto", "cached", "bounded")
+
+
 class _Matcher:
     """State of one weight-matching run: per-group row matrices, staleness, timers.
 
     ``sim[g]`` caches group g's similarity (float64) from its last solve; stale blocks whose
     other group moved only a few units update it by ``A_cols @ (B_new - B_old)_cols.T``.
+    With ``bounded`` there are no row matrices and no cached similarities: ``a`` and ``b``
+    are float32 views that convert a tensor when asked, and each similarity is summed member
+    by member (:meth:`_summed_similarity`).
     """
 
     def __init__(self, spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                  state_b: Mapping[str, torch.Tensor], perm: Permutation,
                  use_key: Callable[[str], bool], device: torch.device | str | None,
-                 solver: str, threads: int, incremental: bool = True) -> None:
+                 solver: str, threads: int, incremental: bool = True,
+                 bounded: bool = False) -> None:
         self.spec, self.solver = spec, solver
         self.threads = threads  # what the largest products may use
         self.incremental = incremental
+        self.bounded = bounded
         keys = {m.key for g in spec.groups.values() for m in g.members if use_key(m.key)}
-        a = float_state({k: state_a[k] for k in keys}, device)
-        self.b = float_state({k: state_b[k] for k in keys}, device)
-        where = next(iter(self.b.values())).device if self.b else None
+        if bounded:
+            a, self.b = (float_view(s, [k for k in keys if k in s], device or "cpu")
+                         for s in (state_a, state_b))
+            where = self.b.device if self.b else None
+            shapes = stubs(self.b)  # (no memory)
+        else:
+            a = float_state({k: state_a[k] for k in keys}, device)
+            self.b = float_state({k: state_b[k] for k in keys}, device)
+            where = next(iter(self.b.values())).device if self.b else None
+            shapes = a
         self.perm = {n: torch.as_tensor(p, dtype=torch.long, device=where)
                      for n, p in perm.items()}
         by_key: dict[str, list[tuple[str, Member]]] = {}
@@ -128,18 +153,19 @@ class _Matcher:
         for n, g in spec.groups.items():
             blocks, parts, col = [], [], 0
             for m in (m for m in g.members if m.key in keys):
-                rows = unit_view(a[m.key], m, g.size)  # (n, d)
+                rows = unit_view(shapes[m.key], m, g.size)  # (n, d); a stub when bounded
                 others = tuple(e for e in by_key[m.key] if e != (n, m))
                 blocks.append(_Block(m.key, m, slice(col, col + rows.shape[1]), others,
-                                     _block_shape(a[m.key], m, others)))
+                                     _block_shape(shapes[m.key], m, others)))
                 for q in {q for q, _ in others}:
                     self.dependents[q].append((n, len(blocks) - 1))
                 parts.append(rows)
                 col += rows.shape[1]
             self.blocks[n] = blocks
-            self.a_rows[n] = (torch.cat(parts, 1) if parts
-                              else torch.zeros(g.size, 0, device=where))
-            self.b_rows[n] = torch.empty_like(self.a_rows[n])
+            if not bounded:
+                self.a_rows[n] = (torch.cat(parts, 1) if parts
+                                  else torch.zeros(g.size, 0, device=where))
+                self.b_rows[n] = torch.empty_like(self.a_rows[n])
             self.sim[n] = None
             self.stale[n] = set(range(len(blocks)))
             self.current[n] = False
@@ -159,7 +185,7 @@ class _Matcher:
 
     def refresh(self, name: str) -> None:
         """Re-gather group ``name``'s stale blocks, updating its cached similarity if cheaper."""
-        if not self.stale[name]:
+        if not self.stale[name] or self.bounded:
             return
         size = self.spec.groups[name].size
         rows = self.b_rows[name]
@@ -213,6 +239,10 @@ class _Matcher:
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
         start = time.perf_counter()
+        if self.bounded:
+            out = self._summed_similarity(name).cpu().numpy()
+            self.time_similarity += time.perf_counter() - start
+            return out
         self.refresh(name)
         if self.sim[name] is None:
             a, b = self.a_rows[name], self.b_rows[name]  # (n, D) each
@@ -220,6 +250,19 @@ class _Matcher:
         out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
         return out
+
+    def _summed_similarity(self, name: str) -> torch.Tensor:
+        """``sum over members of A_rows @ permuted(B_rows).T`` in float64, (n, n); each
+        member's tensors are read and dropped in turn (the bounded mode)."""
+        size = self.spec.groups[name].size
+        sim = torch.zeros(size, size, dtype=torch.float64, device=self.b.device)
+        for block in self.blocks[name]:
+            a = unit_view(self.a[block.key], block.member, size)  # (n, d)
+            b = permuted_rows(self.b[block.key], block.member, size, block.others,
+                              self.perm)  # (n, d)
+            sim += matmul_nt(a, b, self.threads).double()
+            del a, b
+        return sim
 
     def assign(self, sim: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -243,7 +286,7 @@ class _Matcher:
 
     def full_objective(self) -> float:
         """Sum over matched tensors of <A, pi(B)>, computed from the tensors."""
-        permuted = apply_permutation(self.spec.restricted(set(self.b)), self.perm, self.b)
+        permuted = permuted_view(self.spec.restricted(set(self.b)), self.perm, self.b)
         return float(sum(float(torch.dot(self.a[k].reshape(-1), permuted[k].reshape(-1)))
                          for k in self.b))
 
@@ -254,7 +297,8 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                     device: torch.device | str | None = None, solver: str = "auto",
                     similarity_keys: Callable[[str], bool] | None = None, restarts: int = 0,
                     model: torch.nn.Module | None = None, inputs: tuple | None = None,
-                    input_kwargs: dict | None = None, progress: bool = False) -> MatchResult:
+                    input_kwargs: dict | None = None, progress: bool = False,
+                    memory: str = "auto") -> MatchResult:
     """Permutation of B's units that maximises sum <W_A, pi(W_B)> (paper Algorithm 1).
 
     Groups are visited in a fresh random order each sweep (seeded by ``seed``); the loop stops
@@ -266,30 +310,38 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     ``auto`` by size). ``restarts`` > 0 also runs from that many random starting permutations
     and keeps the run with the highest objective (coordinate descent can stop in a local
     optimum). ``progress`` shows a bar of the groups solved in each sweep (for large models).
+    ``memory``: ``cached`` keeps every group's rows of A and B (about 2-3 times the matched
+    tensors; fastest), ``bounded`` keeps none and sums each similarity member by member (see
+    the module's docstring for its bound), ``auto`` is bounded when either state dict is lazy
+    (:mod:`permalign.lazy`) and cached otherwise. Both give the same permutations.
     """
+    if memory not in MEMORY_MODES:
+        raise PermalignError(f"unknown memory mode {memory!r}; use {', '.join(MEMORY_MODES)}")
     if isinstance(init, str):  # a named start: match/init.py runs it (and maybe others)
         return run_from_starts(lambda perm: weight_matching(
             spec, state_a, state_b, seed=seed, max_iter=max_iter, init=perm, device=device,
             solver=solver, similarity_keys=similarity_keys, restarts=restarts,
-            progress=progress), spec, state_a,
+            progress=progress, memory=memory), spec, state_a,
             state_b, init, seed=seed, solver=solver, similarity_keys=similarity_keys,
             model=model, inputs=inputs, input_kwargs=input_kwargs)
     if restarts > 0:  # also start from random permutations; keep the best objective
         runs = [weight_matching(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
                                 device=device, solver=solver, similarity_keys=similarity_keys,
-                                progress=progress)]
+                                progress=progress, memory=memory)]
         for r in range(restarts):
             start_perm = random_permutation(spec, torch.Generator().manual_seed(seed + 1 + r))
             runs.append(weight_matching(spec, state_a, state_b, seed=seed + 1 + r,
                                         max_iter=max_iter, init=start_perm, device=device,
                                         solver=solver, similarity_keys=similarity_keys,
-                                        progress=progress))
+                                        progress=progress, memory=memory))
         best = max(runs, key=lambda res: res.history[-1] if res.history else float("-inf"))
         best.info["restarts"] = restarts
         return best
+    bounded = memory == "bounded" or (memory == "auto" and (is_lazy(state_a)
+                                                            or is_lazy(state_b)))
     return _coordinate_descent(spec, state_a, state_b, seed=seed, max_iter=max_iter, init=init,
                                device=device, solver=solver, similarity_keys=similarity_keys,
-                               progress=progress)
+                               progress=progress, bounded=bounded)
 
 
 def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
@@ -297,18 +349,20 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                         init: Permutation | None, device: torch.device | str | None,
                         solver: str, similarity_keys: Callable[[str], bool] | None,
                         skip_unchanged: bool = True, incremental: bool = True,
-                        progress: bool = False) -> MatchResult:
+                        progress: bool = False, bounded: bool = False) -> MatchResult:
     """One run of Algorithm 1; ``skip_unchanged=False`` re-solves every group every sweep,
     ``incremental=False`` recomputes every similarity from scratch (both for tests);
-    ``progress``: a bar over each sweep's groups (rank 0 only under a process group)."""
+    ``progress``: a bar over each sweep's groups (rank 0 only under a process group);
+    ``bounded``: no cached rows or similarities (the low-memory mode)."""
     start = time.perf_counter()
-    spec.validate(state_a)
-    spec.validate(state_b)
+    spec.validate(stubs(state_a))  # shapes only: a lazy state is not read here
+    spec.validate(stubs(state_b))
     start_name = "identity" if init is None else "given"
     perm = init if init is not None else identity_permutation(spec)
     spec.validate_permutation(perm)
     if device is None:
-        device = next((v.device for v in state_a.values()), "cpu")
+        device = "cpu" if is_lazy(state_a) else next((v.device for v in state_a.values()),
+                                                     "cpu")
     names = list(spec.groups)
     generator = torch.Generator().manual_seed(seed)
     history: list[float] = []
@@ -319,7 +373,7 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
     with bar, torch_threads(1):  # small ops on one thread; large products ask for more
         matcher = _Matcher(spec, state_a, state_b, perm,
                            similarity_keys or default_similarity_key, device, solver, threads,
-                           incremental)
+                           incremental, bounded)
         for sweep in range(max_iter):
             improved = False
             bar.reset(total=len(names))
@@ -348,6 +402,7 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
         raise SpecError("weight matching produced a non-finite objective; check the weights")
     total = time.perf_counter() - start
     info = {"sweeps": len(history), "seed": seed, "solver": solver, "init": start_name,
+            "memory": "bounded" if bounded else "cached",
             "solves": matcher.solves, "skipped": skipped, "incremental_updates": matcher.updates}
     if start_name == "identity":
         info["identity_objective"] = history[-1] if history else matcher.objective()
@@ -364,7 +419,7 @@ def matching_objective(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor
     """The weight-matching objective sum <W_A, pi(W_B)> of a given permutation."""
     keys = {m.key for g in spec.groups.values() for m in g.members
             if default_similarity_key(m.key)}
-    permuted = apply_permutation(spec.restricted(keys), perm, {k: state_b[k] for k in keys})
+    permuted = permuted_view(spec.restricted(keys), perm, state_b)  # one tensor at a time
     return float(sum(torch.dot(state_a[k].double().reshape(-1),
                                permuted[k].double().reshape(-1)) for k in keys))
 
@@ -378,13 +433,16 @@ def matching_objective(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor
            minimum=0),
     Option("start_examples", int, 256, "training inputs the activation start observes",
            minimum=1),
+    Option("memory", str, "auto", "cached keeps every group's rows of both models (fastest); "
+           "bounded keeps none (peak memory about the largest member's rows); auto: bounded "
+           "for lazily read inputs (--low-memory)", choices=MEMORY_MODES),
     solver_option()])
 def weight_method(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                   state_b: Mapping[str, torch.Tensor], *, init: str = "auto",
                   model: torch.nn.Module | None = None, data: Any = None, seed: int = 0,
                   device: torch.device | str | None = None, max_iter: int = 100,
                   restarts: int = 0, start_examples: int = 256, solver: str = "auto",
-                  progress: bool = False) -> MatchResult:
+                  progress: bool = False, memory: str = "auto") -> MatchResult:
     """Permutation of B's units maximising sum <W_A, pi(W_B)>, from the best of several starts.
 
     ``init="identity"`` is the paper's Algorithm 1. With ``data`` the activation start joins
@@ -394,4 +452,4 @@ def weight_method(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
         else None
     return weight_matching(spec, state_a, state_b, init=init, model=model, inputs=inputs,
                            seed=seed, device=device, max_iter=max_iter, restarts=restarts,
-                           solver=solver, progress=progress)
+                           solver=solver, progress=progress, memory=memory)
