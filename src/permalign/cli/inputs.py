@@ -76,14 +76,20 @@ def load_data(args: argparse.Namespace) -> Dataset:
     return load_dataset(args.dataset, getattr(args, "data_dir", None))
 
 
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint argument as a path: ``hf:FOLDER`` names the folder."""
+    text = str(path)
+    return Path(text[len(hf.PREFIX):] if text.startswith(hf.PREFIX) else text)
+
+
 def model_string(args: argparse.Namespace, checkpoints: Sequence[str | Path] = ()) -> str:
     """``--model``, or ``hf:A`` when it is left out and the first checkpoint A is a Hugging
     Face folder."""
     given = getattr(args, "model", None)
     if given:
         return given
-    if checkpoints and hf.is_folder(checkpoints[0]):
-        return f"{hf.PREFIX}{checkpoints[0]}"
+    if checkpoints and hf.is_folder(checkpoint_path(checkpoints[0])):
+        return f"{hf.PREFIX}{checkpoint_path(checkpoints[0])}"
     raise PermalignError("--model is required (a zoo string, package.module:function, "
                          "hf:FOLDER, timm:NAME or torchvision:NAME)")
 
@@ -169,14 +175,15 @@ def load_checkpoint(path: str | Path, model: nn.Module, *, lazy: bool = False
     """A checkpoint file, or a Hugging Face folder's weights, checked against ``model``;
     with ``lazy`` a :class:`~permalign.lazy.LazyStateDict` (safetensors only) whose keys,
     shapes and dtypes are checked from the file headers, each tensor read when asked for."""
-    if Path(path).is_dir():
+    path = checkpoint_path(path)
+    if path.is_dir():
         if not hf.is_folder(path):
             raise PermalignError(f"checkpoint {path} is a folder without {hf.CONFIG}; give a "
                                  "state-dict file or a Hugging Face model folder")
         return hf.lazy_state(path, model) if lazy else hf.load_state(path, model)
     if not lazy:
         return load_checkpoint_for(path, model.state_dict())
-    if Path(path).suffix != ".safetensors":
+    if path.suffix != ".safetensors":
         raise PermalignError(f"--low-memory reads safetensors checkpoints only; {path} is not "
                              "one (convert it, or leave out --low-memory)")
     reference = model.state_dict()
@@ -190,7 +197,7 @@ def safetensors_bytes(paths: Sequence[str | Path]) -> int | None:
     """Bytes of safetensors weights in ``paths`` (files or Hugging Face folders), or None if
     one of them holds another format."""
     total = 0
-    for path in map(Path, paths):
+    for path in map(checkpoint_path, paths):
         try:
             files = hf.weight_files(path) if path.is_dir() else [path]
         except PermalignError:

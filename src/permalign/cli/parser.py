@@ -236,7 +236,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("align", help="permute checkpoint B to line up with checkpoint A")
     p.add_argument("a", help="checkpoint of model A (the reference; .pt, .safetensors or a "
-                   "Hugging Face folder)")
+                   "Hugging Face folder, also written hf:FOLDER)")
     p.add_argument("b", help="checkpoint of model B (the one permuted)")
     add_model_args(p, spec=True)
     add_method_args(p)
