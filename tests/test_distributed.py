@@ -200,3 +200,40 @@ def test_torchrun_align_equals_one_process(tmp_path):
     assert run.stdout.count("wrote") == 1  # rank 0 only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m0.pt", "m1.pt", "one.pt", "two.pt"]
     assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two.pt").read_bytes()
+
+
+def _refused_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """Every rank runs ``align --method activation`` onto an existing --out (no --force):
+    rank 0 refuses it; each rank's exit code and stderr are saved."""
+    import contextlib
+    import io
+    from datetime import timedelta
+
+    from permalign.cli import main
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(["align", f"{folder}/a.pt", f"{folder}/b.pt", "--model",
+                         "mlp:depth=1,width=8", "--method", "activation", "--quiet",
+                         "--out", f"{folder}/exists.pt"])
+    finally:
+        dist.destroy_process_group()
+    torch.save({"code": code, "err": err.getvalue()}, Path(folder) / f"refused{rank}.pt")
+
+
+def test_a_refused_output_ends_every_rank_quietly(tmp_path):
+    """A user error found on rank 0 only (its output checks) must not leave rank 1 waiting in
+    a collective or dying with a traceback: both exit 2, rank 1 without a message."""
+    for seed, name in ((0, "a"), (1, "b")):
+        torch.manual_seed(seed)
+        model, _ = build("mlp:depth=1,width=8", input_shape=(1, 8, 8), num_classes=10)
+        torch.save(model.state_dict(), tmp_path / f"{name}.pt")
+    (tmp_path / "exists.pt").write_bytes(b"keep")
+    mp.spawn(_refused_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    zero, one = (torch.load(tmp_path / f"refused{r}.pt") for r in (0, 1))
+    assert zero["code"] == one["code"] == 2
+    assert "already exists" in zero["err"] and len(zero["err"].strip().splitlines()) == 1
+    assert one["err"] == ""
+    assert (tmp_path / "exists.pt").read_bytes() == b"keep"

@@ -27,6 +27,11 @@ import torch.distributed as dist
 from .errors import PermalignError
 
 T = TypeVar("T")
+
+
+class RankZeroFailed(PermalignError):
+    """Raised on the other ranks when a step that runs on rank 0 only (:func:`on_main`)
+    failed there with a user error: rank 0 reports it; the others exit quietly."""
 _DISABLED = [0]  # depth of local() blocks
 
 
@@ -161,7 +166,8 @@ def on_main(fn, *args: Any, **kwargs: Any):
     """``fn(*args, **kwargs)`` computed on rank 0 only, its result broadcast to every rank.
 
     ``fn`` must not enter a collective (it runs on one rank): it runs inside :func:`local`.
-    An exception on rank 0 reaches every rank as a PermalignError or RuntimeError.
+    An exception on rank 0 reaches every rank: a user error as :class:`RankZeroFailed`
+    (a PermalignError), anything else as a RuntimeError.
     """
     if not active():
         return fn(*args, **kwargs)
@@ -180,7 +186,7 @@ def on_main(fn, *args: Any, **kwargs: Any):
     result, error = outcome
     if error is not None:
         user, text = error
-        raise (PermalignError if user else RuntimeError)(f"rank 0 failed: {text}")
+        raise (RankZeroFailed if user else RuntimeError)(f"rank 0 failed: {text}")
     return result
 
 

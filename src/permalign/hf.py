@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, PermalignError, first_line
-from . import output
+from . import distributed, output
 from .io import check_state_dict, load_state_dict
 from .lazy import LazyStateDict, shape_of, stubs
 
@@ -392,6 +392,8 @@ def commit_folder(out: str | Path, files: Mapping[str, Callable[[Path], None]], 
     atomically and in the given order, then remove weight files of an earlier run that the new
     set does not have. The one place a folder is committed."""
     out = check_folder_writable(out, force=force)
+    if not distributed.is_main():  # rank 0 writes (as output.write_file)
+        return out
     with output.transaction(force=True) as txn:  # joins the command's own transaction
         txn.make_dir(out)
         for name, write in files.items():

@@ -434,9 +434,18 @@ def transaction(*, force: bool = False, join: bool = True) -> Iterator[Transacti
 
 
 def declare(path: str | Path | None, what: str) -> Path | None:
-    """:meth:`Transaction.declare` on the current transaction (just the checks without one)."""
-    if not distributed.is_main():  # rank 0 checks and writes
+    """:meth:`Transaction.declare` on the current transaction (just the checks without one).
+
+    Under a process group rank 0 checks and every rank gets its verdict (a refused output
+    fails on every rank before any work, so none is left waiting in a collective)."""
+    if distributed.active():
+        return distributed.on_main(_declare, path, what) if path is not None else None
+    if not distributed.is_main():  # inside distributed.local(): rank 0 checks and writes
         return None if path is None else Path(path)
+    return _declare(path, what)
+
+
+def _declare(path: str | Path | None, what: str) -> Path | None:
     txn = current()
     if txn is not None:
         return txn.declare(path, what)
@@ -447,7 +456,10 @@ def declare(path: str | Path | None, what: str) -> Path | None:
 
 def make_dir(path: str | Path, what: str = "--out") -> Path:
     """:meth:`Transaction.make_dir` on the current transaction (a plain ``mkdir -p`` with the
-    same checks and messages without one)."""
+    same checks and messages without one). Under a process group rank 0 makes it and every
+    rank gets its verdict (see :func:`declare`)."""
+    if distributed.active():
+        return distributed.on_main(make_dir, path, what)
     if not distributed.is_main():
         return Path(path)
     txn = current()

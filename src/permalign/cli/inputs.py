@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import hf, output
+from .. import distributed, hf, output
 from ..data import (DATASET_SHAPES, DEFAULT_BLOCK, Dataset, canonical_name, is_text,
                     load_dataset, load_text)
 from ..errors import PermalignError, SpecError
@@ -96,9 +96,10 @@ def model_string(args: argparse.Namespace, checkpoints: Sequence[str | Path] = (
 
 def check_output(args: argparse.Namespace, out: str | Path,
                  checkpoints: Sequence[str | Path] = ()) -> None:
-    """Refuse an existing output unless ``--force``: a folder for hf: models, else a file."""
+    """Refuse an existing output unless ``--force``: a folder for hf: models, else a file.
+    Under a process group rank 0 checks and every rank gets its verdict."""
     if model_kind(model_string(args, checkpoints)) == "hf":
-        hf.check_folder_writable(out, force=args.force)
+        distributed.on_main(hf.check_folder_writable, out, force=args.force)
     else:
         output.declare(out, "--out")
 

@@ -7,7 +7,9 @@ number when interrupted: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (nothing w
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the command joins the process group
 first (:func:`permalign.distributed.init_from_env`); every rank runs it, the data passes are
 shared, and only rank 0 writes files and prints results; other ranks print only their errors,
-prefixed with their rank.
+prefixed with their rank. A user error found on rank 0 alone (a refused output: checks run
+there, :func:`permalign.output.declare`) reaches every rank before any collective, and the
+other ranks exit 2 without a message of their own.
 """
 from __future__ import annotations
 
@@ -126,6 +128,8 @@ def _run(args: argparse.Namespace, who: str) -> int:
             if txn.committed:
                 print("wrote " + ", ".join(map(str, txn.committed)), flush=True)
             return 0
+        except distributed.RankZeroFailed:
+            return 2  # a user error rank 0 reports; this rank ends with it, quietly
         except PermalignError as exc:
             print(f"{who}permalign: error: {_one_line(exc)}", file=sys.stderr)
             return 2
