@@ -2,12 +2,15 @@
 
 A folder holds ``config.json`` and its weights: ``model.safetensors``, sharded safetensors
 with ``model.safetensors.index.json``, or ``pytorch_model.bin`` (optionally sharded, read with
-weights-only loading). Everything here reads weights through :func:`iter_tensors`, one tensor
-at a time by name, so large-model loading can become lazy in that one place.
+weights-only loading). Weights are read one tensor at a time by name: :func:`iter_tensors`
+for every format, and lazily (:class:`~permalign.lazy.LazyStateDict`: headers first, a
+tensor when it is asked for) from safetensors.
 
 - :func:`build_model`: the class named in ``config.architectures``, built by transformers
-  from the config alone (seeded random weights), then :func:`load_state` fills in the
+  from the config alone (seeded random weights), then :func:`fill_model` copies in the
   folder's weights.
+- :func:`lazy_state` / :func:`open_lazy`: the folder's weights as a lazy state dict
+  (:mod:`permalign.lazy`), each tensor read when asked for.
 - :func:`example_inputs`: ``(args, kwargs)`` derived from the config (token ids, pixel
   values, audio features) for spec inference and checks.
 - :func:`tokenizer`: the folder's tokenizer as a ``text -> ids`` function, if it has one.
@@ -114,8 +117,21 @@ def build_model(folder: str | Path, *, seed: int = 0, load_weights: bool = True)
                              f"{first}") from None
     model.eval()
     if load_weights:
-        model.load_state_dict(load_state(folder, model))
+        fill_model(model, folder)
     return model
+
+
+def fill_model(model: nn.Module, folder: str | Path) -> None:
+    """Copy the folder's weights into ``model``: from safetensors one tensor at a time
+    (:func:`lazy_state`; nothing but the model and one tensor in memory), from ``.bin`` files
+    through :func:`load_state` and ``load_state_dict``."""
+    if any(path.suffix != ".safetensors" for path in weight_files(folder)):
+        model.load_state_dict(load_state(folder, model))
+        return
+    state = lazy_state(folder, model)
+    with torch.no_grad():
+        for key, target in model.state_dict().items():  # views of the model's tensors
+            target.copy_(state[key])
 
 
 # ------------------------------------------------------------------ reading weights
