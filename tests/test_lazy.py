@@ -18,7 +18,7 @@ from permalign.permutation import apply_permutation, random_permutation
 from permalign.statedict import lerp_state, lerp_view, permuted_view
 from permalign.zoo import build
 
-from test_hf import folders, save_random  # noqa: F401 - the fixture of tiny HF folders
+from test_hf import folders as hf_folders  # noqa: F401 - the fixture `folders` of tiny HF folders
 
 transformers = pytest.importorskip("transformers")
 

@@ -93,7 +93,7 @@ class LazyStateDict(LazyMapping):
                                               "permalign does not read")
                     stored[(path, name)] = (tuple(part.get_shape()), DTYPES[kind])
         if entries is None:
-            entries = {name: where for where in stored for name in [where[1]]}
+            entries = {name: (path, name) for path, name in stored}
         missing = [k for k, where in entries.items() if where not in stored]
         if missing:
             raise CheckpointError(f"the safetensors files lack {', '.join(missing[:3])}")
@@ -108,12 +108,6 @@ class LazyStateDict(LazyMapping):
             tensor = handle.get_tensor(name)
         dtype = self.cast.get(key)
         return tensor if dtype is None else tensor.to(dtype)
-
-    def stored_dtype(self, key: str) -> torch.dtype:
-        """The dtype the tensor has in its file."""
-        path, name = self.entries[key]
-        with _open(path) as handle:
-            return DTYPES[handle.get_slice(name).get_dtype()]
 
 
 class LazyView(LazyMapping):
