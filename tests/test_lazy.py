@@ -18,12 +18,26 @@ from permalign.permutation import apply_permutation, random_permutation
 from permalign.statedict import lerp_state, lerp_view, permuted_view
 from permalign.zoo import build
 
-from test_hf import folders as hf_folders  # noqa: F401 - the fixture `folders` of tiny HF folders
+from test_hf import save_random
 
 transformers = pytest.importorskip("transformers")
 
 ZOO = [("mlp:depth=3,width=32", (1, 8, 8)), ("vgg11:width=0.125,norm=ln", (1, 8, 8)),
        ("resnet20:width=1,norm=bn", (1, 8, 8))]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """``folders(name)`` -> (A folder, B folder): test_hf's tiny random models, seeds 0, 1."""
+    root = tmp_path_factory.mktemp("lazy-hf")
+
+    def get(name):
+        made = (root / f"{name}-a", root / f"{name}-b")
+        if not made[0].exists():
+            for seed, folder in enumerate(made):
+                save_random(folder, name, seed)
+        return made
+    return get
 
 
 def pair(name, shape):
