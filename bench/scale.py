@@ -334,7 +334,8 @@ def lazy_text(rows: list, raw: dict) -> str:
             + "\n\nPeak GiB: the process's resident high-water mark in each phase (reset at "
             "its start), including the Python/torch/transformers baseline and the meta-device "
             "model. Bound stated in `match/weight.py` (16 bytes x the largest member tensor + 12 "
-            f"bytes x n^2 of the largest group): {bounds}. Eager vs lazy: {checks}. Load "
+            f"bytes x n^2 of the largest group): {bounds}."
+            + (f" Eager vs lazy: {checks}." if checks else "") + " Load "
             f"average (1, 5, 15 min): {loads}; 2 cores shared with other jobs.\n\nRaw: `"
             + json.dumps(raw) + "`\n")
 
