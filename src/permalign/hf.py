@@ -407,9 +407,9 @@ def commit_folder(out: str | Path, files: Mapping[str, Callable[[Path], None]], 
     """Write ``files`` (name -> ``write(tmp_path)``) into the folder ``out``, each file
     atomically and in the given order, then remove weight files of an earlier run that the new
     set does not have. The one place a folder is committed."""
+    if not distributed.is_main():  # rank 0 checks and writes (as output.write_file)
+        return Path(out)
     out = check_folder_writable(out, force=force)
-    if not distributed.is_main():  # rank 0 writes (as output.write_file)
-        return out
     with output.transaction(force=True) as txn:  # joins the command's own transaction
         txn.make_dir(out)
         for name, write in files.items():
