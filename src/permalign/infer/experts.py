@@ -1,0 +1,202 @@
+"""Each expert's units as a group of its own, in mixture-of-experts layers.
+
+A grouped matrix product ``x (M, K) @ W (E, K, N) -> (M, N)`` with rows cut by ``offs`` uses
+``W[e]`` for the rows of expert ``e``. The op rules (``rules/linalg.py``) give its N axis and
+the K axis of a later grouped product one class shared by all experts, which is sound but too
+strict: the rows of expert ``e`` only ever meet ``W[e]``, so each expert's units may move on
+their own. This tracker proves when that holds and lets ``graph._build_spec`` split such a class
+into one group per expert, with members restricted to one index of the expert axis
+(``Member.select``).
+
+It follows two kinds of values through the graph:
+
+- *weights*: a parameter and its views that keep every axis (transpose, ``to``, alias), with
+  which parameter axis each value axis is;
+- *expert rows*: the output of a row-cut grouped product, and of point-wise ops (silu, mul of
+  two such values with the same ``offs``, chunk along the feature axis) applied to it.
+
+A grouped product whose weight is a tracked 3-D weight records its output axis, and its
+contraction axis when the input is expert rows cut by the same ``offs``, as *candidates*. Any
+other use of a tracked value *poisons* the classes of its axes (an op that mixes rows, a weight
+used outside grouped products, an input that is not expert rows). A class is split only if it
+is not poisoned, every parameter axis in it is a candidate, and all candidates share one
+``offs``; anything else keeps today's shared class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch.fx import Node
+
+from .axes import AxisAlgebra, Term
+from .rules.elementwise import ELEMENTWISE
+
+# point-wise ops: the output's row r depends only on the inputs' row r, unit by unit
+POINTWISE = {f"aten.{n}" for n in ELEMENTWISE} - {
+    f"aten.{n}" for n in ("softmax _softmax log_softmax _log_softmax _safe_softmax glu_jvp "
+                          "bucketize zeros_like ones_like full_like empty_like rand_like "
+                          "randn_like fill copy where masked_fill").split()}
+PASSTHROUGH = {"aten.to", "aten._to_copy", "aten.alias", "aten.clone", "aten.contiguous",
+               "aten.detach", "aten.lift_fresh_copy"}
+GROUPED_MM = {"aten._grouped_mm", "aten.grouped_mm", "transformers.grouped_mm_fallback"}
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A parameter seen through a view: value axis i is parameter axis ``axes[i]``."""
+
+    param: Node
+    axes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows (axis 0 of a 2-D value) belonging to experts as ``offs`` cuts them."""
+
+    offs: Node
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A parameter axis whose units expert ``e``'s rows meet only at index ``e`` of
+    ``expert_axis``."""
+
+    expert_axis: int
+    experts: int
+    offs: Node
+
+
+class ExpertTracker:
+    """Tracks weights and expert rows through the graph (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.values: dict[Node, Weight | Rows | list] = {}
+        self.candidates: dict[tuple[Node, int], set[Candidate]] = {}
+        self.poisoned: list[Term] = []
+
+    def parameter(self, node: Node, ndim: int) -> None:
+        """A floating parameter placeholder: a weight with its own axes."""
+        self.values[node] = Weight(node, tuple(range(ndim)))
+
+    def step(self, node: Node, op: str, args: dict[str, Any], terms) -> None:
+        """After ``node``'s rule ran: propagate tracked values, record candidates, poison."""
+        tracked = [a for a in _nodes(args) if a in self.values]
+        if not tracked:
+            return
+        if op in GROUPED_MM and self._grouped_mm(node, args, terms):
+            return
+        if op == "getitem" and isinstance(self.values.get(args["self"]), list):
+            self.values[node] = self.values[args["self"]][args["index"]]
+            return
+        info = [self.values[a] for a in tracked]
+        first = info[0]
+        if isinstance(first, Weight) and len(tracked) == 1:
+            axes = _view_axes(op, args, first.axes)
+            if axes is not None:
+                self.values[node] = Weight(first.param, axes)
+                return
+        if isinstance(first, Rows) and all(i == first for i in info) and self._rowwise(
+                node, op, args, tracked):
+            return
+        for a in tracked:
+            self.poison(a, terms)
+
+    def poison(self, node: Node, terms) -> None:
+        """Every axis of ``node``'s value (or of its pieces) keeps one class for all experts."""
+        value = terms(node)
+        if value is None:
+            return
+        for piece in (value if value and isinstance(value[0], list | type(None)) else [value]):
+            self.poisoned.extend(piece or [])
+
+    def _rowwise(self, node: Node, op: str, args: dict[str, Any], tracked: list[Node]) -> bool:
+        """Point-wise ops on same-shaped expert rows, and chunks of their feature axis."""
+        shapes = {tuple(a.meta["val"].shape) for a in tracked}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            return False
+        rows = self.values[tracked[0]]
+        if op in POINTWISE or op in PASSTHROUGH:
+            others = [a for a in _nodes(args) if a not in tracked]
+            out = node.meta.get("val")
+            if others or getattr(out, "shape", None) is None or tuple(out.shape) not in shapes:
+                return False
+            self.values[node] = rows
+            return True
+        if op in ("aten.chunk", "aten.split", "aten.split_with_sizes") and len(tracked) == 1:
+            if args.get("dim", 0) not in (1, -1):
+                return False
+            self.values[node] = [rows] * len(node.meta["val"])
+            return True
+        return False
+
+    def _grouped_mm(self, node: Node, args: dict[str, Any], terms) -> bool:
+        a_node = args["self"] if "self" in args else args["input"]
+        b_node = args["mat2"] if "mat2" in args else args["weight"]
+        offs = args.get("offs")
+        a, b = self.values.get(a_node), self.values.get(b_node)
+        a_terms, b_terms = terms(a_node), terms(b_node)
+        if not (isinstance(b, Weight) and len(b.axes) == 3 and len(a_terms or []) == 2
+                and isinstance(offs, Node) and args.get("bias") is None):
+            return False
+        experts = int(b_node.meta["val"].shape[0])
+        cut = Candidate(b.axes[0], experts, offs)
+        self.candidates.setdefault((b.param, b.axes[2]), set()).add(cut)
+        if isinstance(a, Rows) and a.offs is offs:
+            self.candidates.setdefault((b.param, b.axes[1]), set()).add(cut)
+        else:  # one input row meets every expert: its features keep one class
+            self.poisoned.append(b_terms[1])
+            if a_node in self.values:
+                self.poison(a_node, terms)
+        self.values[node] = Rows(offs)
+        return True
+
+    def split_classes(self, alg: AxisAlgebra, placed: dict[tuple[Node, int], list[int]]
+                      ) -> dict[int, Candidate]:
+        """Roots of the classes to split into one group per expert, with how.
+
+        ``placed`` maps every parameter (placeholder, axis) to the roots of its leaves.
+        """
+        poisoned = {alg.find(leaf) for t in self.poisoned for leaf in alg.leaves(t)}
+        owners: dict[int, list[tuple[Node, int]]] = {}
+        for place, roots in placed.items():
+            for root in roots:
+                owners.setdefault(root, []).append(place)
+        out: dict[int, Candidate] = {}
+        for root, places in owners.items():
+            if root in poisoned or root in alg.fixed:
+                continue
+            cuts = set().union(*(self.candidates.get(p, set()) for p in places))
+            if len(cuts) == 1 and all(p in self.candidates for p in places):
+                out[root] = next(iter(cuts))
+        return out
+
+
+def _nodes(args: dict[str, Any]) -> list[Node]:
+    found: list[Node] = []
+    for value in args.values():
+        for item in (value if isinstance(value, list | tuple) else [value]):
+            if isinstance(item, Node) and item not in found:
+                found.append(item)
+    return found
+
+
+def _view_axes(op: str, args: dict[str, Any], axes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """A weight view's axes after ``op``, or None if the op is not a pure axis reordering."""
+    if op in PASSTHROUGH:
+        return axes
+    n = len(axes)
+    if op in ("aten.transpose", "aten.swapaxes", "aten.swapdims"):
+        i, j = (args.get(k) for k in ("dim0", "dim1"))
+        if not isinstance(i, int) or not isinstance(j, int):
+            return None
+        i, j = i % n, j % n
+        out = list(axes)
+        out[i], out[j] = out[j], out[i]
+        return tuple(out)
+    if op == "aten.permute":
+        order = args.get("dims")
+        if not isinstance(order, list | tuple):
+            return None
+        return tuple(axes[d % n] for d in order)
+    return None
