@@ -153,15 +153,23 @@ def test_rows_mixed_across_experts_keep_one_group(mix):
         check_spec(model, per_expert, x, generator=torch.Generator().manual_seed(0))
 
 
-def test_mixtral_has_one_hidden_group_per_expert_and_layer():
+@pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm"])
+def test_mixtral_has_one_hidden_group_per_expert_and_layer(implementation):
     """transformers' Mixtral (catalogue config: 2 layers, 4 experts): 8 per-expert groups of
-    64 units each, the outputs are preserved and a planted permutation is recovered."""
+    64 units each, the outputs are preserved and a planted permutation is recovered. Its
+    default experts code (``grouped_mm``: sort, histc, offsets, grouped products) and
+    ``batched_mm`` (``bmm`` with ``gate_up_proj[expert_ids]``) export to different graphs."""
+    from permalign.infer.graph import export_graph, op_name
     from permalign.testing import CASES, run_case
+    from permalign.testing.harness import permuted_outputs_differ, planted_match
     case = CASES["transformers/mixtral"]
     if case.unavailable():
         pytest.skip(case.unavailable())
     model = case.model(0)
+    model.config._experts_implementation = implementation  # read at every forward
     inputs, kwargs = case.inputs()
+    ops = {op_name(n) for n in export_graph(model, inputs, kwargs).graph.nodes}
+    assert ("aten.bmm" in ops) == (implementation == "batched_mm")
     spec = infer_spec(model, inputs, example_kwargs=kwargs, check=False)
     groups = restricted_groups(spec)
     layers, experts = model.config.num_hidden_layers, model.config.num_local_experts
@@ -172,7 +180,15 @@ def test_mixtral_has_one_hidden_group_per_expert_and_layer():
         assert sorted(sel for n in mine for sel in groups[n]) == [((0, e),)
                                                                   for e in range(experts)]
         assert all(spec.groups[n].size == model.config.intermediate_size for n in mine)
-    report = run_case(case, starts=("identity", "sorted"))
-    assert report.failed is None, f"{report.failed}: {report.error}"
-    assert report.groups == len(spec.groups)
-    assert report.recovered("identity") and report.recovered("sorted")
+    if implementation == "grouped_mm":  # the catalogue's own model, end to end
+        report = run_case(case, starts=("identity", "sorted"))
+        assert report.failed is None, f"{report.failed}: {report.error}"
+        assert report.groups == len(spec.groups)
+        assert report.recovered("identity") and report.recovered("sorted")
+        return
+    for seed in range(2):  # load_state_dict + forward of randomly permuted copies
+        diff = permuted_outputs_differ(model, spec, inputs, kwargs,
+                                       torch.Generator().manual_seed(seed))
+        assert diff <= 1e-6, f"outputs changed by {diff:.3g} (relative)"
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert planted_match(spec, state, "identity").recovered

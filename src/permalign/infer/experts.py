@@ -1,7 +1,8 @@
 """Each expert's units as a group of its own, in mixture-of-experts layers.
 
 A grouped matrix product ``x (M, K) @ W (E, K, N) -> (M, N)`` with rows cut by ``offs`` uses
-``W[e]`` for the rows of expert ``e``. The op rules (``rules/linalg.py``) give its N axis and
+``W[e]`` for the rows of expert ``e`` (transformers' ``grouped_mm`` experts); so does a batched
+product with weights picked per row, ``bmm(W[ids], x[..., None])`` (its ``batched_mm``). The op rules (``rules/linalg.py``) give its N axis and
 the K axis of a later grouped product one class shared by all experts, which is sound but too
 strict: the rows of expert ``e`` only ever meet ``W[e]``, so each expert's units may move on
 their own. This tracker proves when that holds and lets ``graph._build_spec`` split such a class
@@ -12,15 +13,18 @@ It follows two kinds of values through the graph:
 
 - *weights*: a parameter and its views that keep every axis (transpose, ``to``, alias), with
   which parameter axis each value axis is;
-- *expert rows*: the output of a row-cut grouped product, and of point-wise ops (silu, mul of
-  two such values with the same ``offs``, chunk along the feature axis) applied to it.
+- *picked weights*: ``W[ids]`` for a 1-D integer ``ids``: row ``s`` is expert ``ids[s]``'s;
+- *expert rows*: the output of a row-cut grouped product or of a batched product with a picked
+  weight, and of point-wise ops (silu, mul of two such values cut the same way, chunk along a
+  feature axis, unsqueeze/squeeze of a feature axis) applied to it.
 
-A grouped product whose weight is a tracked 3-D weight records its output axis, and its
-contraction axis when the input is expert rows cut by the same ``offs``, as *candidates*. Any
+A product with a tracked 3-D (or picked) weight records the weight's output axis, and its
+contraction axis when the input is expert rows cut the same way (same ``offs`` or ``ids``
+node), as *candidates*. Any
 other use of a tracked value *poisons* the classes of its axes (an op that mixes rows, a weight
 used outside grouped products, an input that is not expert rows). A class is split only if it
 is not poisoned, every parameter axis in it is a candidate, and all candidates share one
-``offs``; anything else keeps today's shared class.
+cut; anything else keeps today's shared class.
 """
 from __future__ import annotations
 
@@ -51,27 +55,40 @@ class Weight:
 
 
 @dataclass(frozen=True)
-class Rows:
-    """Rows (axis 0 of a 2-D value) belonging to experts as ``offs`` cuts them."""
+class Picked:
+    """``param[ids]``: value axis 0 is ``ids``' rows, value axis i > 0 is parameter axis
+    ``axes[i - 1]``, and row ``s`` holds index ``ids[s]`` of parameter axis ``expert_axis``."""
 
-    offs: Node
+    param: Node
+    axes: tuple[int, ...]
+    expert_axis: int
+    ids: Node
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows (axis 0) belonging to experts: cut into consecutive groups by the offsets ``by``
+    (``kind="offs"``) or row ``s`` to expert ``by[s]`` (``kind="ids"``)."""
+
+    by: Node
+    kind: str
 
 
 @dataclass(frozen=True)
 class Candidate:
     """A parameter axis whose units expert ``e``'s rows meet only at index ``e`` of
-    ``expert_axis``."""
+    ``expert_axis``, rows being assigned to experts by ``cut``."""
 
     expert_axis: int
     experts: int
-    offs: Node
+    cut: Rows
 
 
 class ExpertTracker:
     """Tracks weights and expert rows through the graph (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.values: dict[Node, Weight | Rows | list] = {}
+        self.values: dict[Node, Weight | Picked | Rows | list] = {}
         self.candidates: dict[tuple[Node, int], set[Candidate]] = {}
         self.poisoned: list[Term] = []
 
@@ -86,6 +103,8 @@ class ExpertTracker:
             return
         if op in GROUPED_MM and self._grouped_mm(node, args, terms):
             return
+        if op == "aten.bmm" and self._bmm(node, args, terms):
+            return
         if op == "getitem" and isinstance(self.values.get(args["self"]), list):
             self.values[node] = self.values[args["self"]][args["index"]]
             return
@@ -95,6 +114,10 @@ class ExpertTracker:
             axes = _view_axes(op, args, first.axes)
             if axes is not None:
                 self.values[node] = Weight(first.param, axes)
+                return
+            picked = _picked(op, args, first)
+            if picked is not None:
+                self.values[node] = picked
                 return
         if isinstance(first, Rows) and all(i == first for i in info) and self._rowwise(
                 node, op, args, tracked):
@@ -111,10 +134,12 @@ class ExpertTracker:
             self.poisoned.extend(piece or [])
 
     def _rowwise(self, node: Node, op: str, args: dict[str, Any], tracked: list[Node]) -> bool:
-        """Point-wise ops on same-shaped expert rows, and chunks of their feature axis."""
+        """Point-wise ops on same-shaped expert rows, chunks of a feature axis, and adding or
+        removing a size-1 feature axis."""
         shapes = {tuple(a.meta["val"].shape) for a in tracked}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        if len(shapes) != 1 or len(next(iter(shapes))) < 2:
             return False
+        ndim = len(next(iter(shapes)))
         rows = self.values[tracked[0]]
         if op in POINTWISE or op in PASSTHROUGH:
             others = [a for a in _nodes(args) if a not in tracked]
@@ -123,10 +148,17 @@ class ExpertTracker:
                 return False
             self.values[node] = rows
             return True
-        if op in ("aten.chunk", "aten.split", "aten.split_with_sizes") and len(tracked) == 1:
-            if args.get("dim", 0) not in (1, -1):
+        if len(tracked) != 1 or not isinstance(args.get("dim"), int):
+            return False
+        if op in ("aten.chunk", "aten.split", "aten.split_with_sizes"):
+            if args["dim"] % ndim == 0:
                 return False
             self.values[node] = [rows] * len(node.meta["val"])
+            return True
+        if op in ("aten.unsqueeze", "aten.squeeze"):  # a size-1 axis other than the rows
+            if args["dim"] % (ndim + (op == "aten.unsqueeze")) == 0:
+                return False
+            self.values[node] = rows
             return True
         return False
 
@@ -134,22 +166,46 @@ class ExpertTracker:
         a_node = args["self"] if "self" in args else args["input"]
         b_node = args["mat2"] if "mat2" in args else args["weight"]
         offs = args.get("offs")
-        a, b = self.values.get(a_node), self.values.get(b_node)
+        b = self.values.get(b_node)
         a_terms, b_terms = terms(a_node), terms(b_node)
         if not (isinstance(b, Weight) and len(b.axes) == 3 and len(a_terms or []) == 2
                 and isinstance(offs, Node) and args.get("bias") is None):
             return False
-        experts = int(b_node.meta["val"].shape[0])
-        cut = Candidate(b.axes[0], experts, offs)
-        self.candidates.setdefault((b.param, b.axes[2]), set()).add(cut)
-        if isinstance(a, Rows) and a.offs is offs:
-            self.candidates.setdefault((b.param, b.axes[1]), set()).add(cut)
-        else:  # one input row meets every expert: its features keep one class
-            self.poisoned.append(b_terms[1])
-            if a_node in self.values:
-                self.poison(a_node, terms)
-        self.values[node] = Rows(offs)
+        rows = Rows(offs, "offs")
+        self._product(b.param, b.axes[0], int(b_node.meta["val"].shape[0]), rows,
+                      b.axes[2], b.axes[1], b_terms[1], a_node, terms)
+        self.values[node] = rows
         return True
+
+    def _bmm(self, node: Node, args: dict[str, Any], terms) -> bool:
+        """``bmm(W[ids], x (S, K, 1))`` or ``bmm(x (S, 1, K), W[ids])``."""
+        a_node, b_node = args["self"], args["mat2"]
+        a, b = self.values.get(a_node), self.values.get(b_node)
+        if isinstance(a, Picked) and not isinstance(b, Picked):  # (S, N, K) @ (S, K, 1)
+            w, w_node, x_node, out_axis, in_axis = a, a_node, b_node, 0, 1
+        elif isinstance(b, Picked) and not isinstance(a, Picked):  # (S, 1, K) @ (S, K, N)
+            w, w_node, x_node, out_axis, in_axis = b, b_node, a_node, 1, 0
+        else:
+            return False
+        rows = Rows(w.ids, "ids")
+        self._product(w.param, w.expert_axis, int(w.param.meta["val"].shape[w.expert_axis]),
+                      rows, w.axes[out_axis], w.axes[in_axis], terms(w_node)[1 + in_axis],
+                      x_node, terms)
+        self.values[node] = rows
+        return True
+
+    def _product(self, param: Node, expert_axis: int, experts: int, rows: Rows, out_axis: int,
+                 in_axis: int, in_term: Term, x_node: Node, terms) -> None:
+        """Expert ``e``'s rows meet ``param`` at index ``e`` of ``expert_axis``: its output
+        axis is a candidate, its contraction axis too if the input rows are cut alike."""
+        cut = Candidate(expert_axis, experts, rows)
+        self.candidates.setdefault((param, out_axis), set()).add(cut)
+        if self.values.get(x_node) == rows:
+            self.candidates.setdefault((param, in_axis), set()).add(cut)
+        else:  # one input row meets every expert: its features keep one class
+            self.poisoned.append(in_term)
+            if x_node in self.values:
+                self.poison(x_node, terms)
 
     def split_classes(self, alg: AxisAlgebra, placed: dict[tuple[Node, int], list[int]]
                       ) -> dict[int, Candidate]:
@@ -179,6 +235,18 @@ def _nodes(args: dict[str, Any]) -> list[Node]:
             if isinstance(item, Node) and item not in found:
                 found.append(item)
     return found
+
+
+def _picked(op: str, args: dict[str, Any], weight: Weight) -> Picked | None:
+    """``weight[ids]`` with one 1-D integer index tensor on the first axis, else None."""
+    indices = args.get("indices")
+    if op != "aten.index" or not isinstance(indices, list | tuple) or len(indices) != 1:
+        return None
+    ids = indices[0]
+    val = ids.meta.get("val") if isinstance(ids, Node) else None
+    if val is None or val.dim() != 1 or val.is_floating_point() or len(weight.axes) < 2:
+        return None
+    return Picked(weight.param, weight.axes[1:], weight.axes[0], ids)
 
 
 def _view_axes(op: str, args: dict[str, Any], axes: tuple[int, ...]) -> tuple[int, ...] | None:
