@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from conftest import same_perm
 from permalign.errors import SpecError
@@ -192,3 +194,56 @@ def test_mixtral_has_one_hidden_group_per_expert_and_layer(implementation):
         assert diff <= 1e-6, f"outputs changed by {diff:.3g} (relative)"
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     assert planted_match(spec, state, "identity").recovered
+
+
+class LoopExperts(nn.Module):
+    """Dense experts written as a loop over slices of 3-D parameters (``self.up[e]``:
+    ``aten.select`` with a constant index), mixed by a softmax router. ``mode``: "shared" scales
+    every expert's hidden units by one shared vector (ties the experts' units together);
+    "whole" also uses the experts' mean weights (reads every expert at once)."""
+
+    def __init__(self, mode: str = "", hidden: int = 6, inner: int = 4, experts: int = 3):
+        super().__init__()
+        self.mode, self.experts = mode, experts
+        self.embed, self.head = nn.Linear(5, hidden), nn.Linear(hidden, 3)
+        self.router = nn.Linear(hidden, experts)
+        self.up = nn.Parameter(0.5 * torch.randn(experts, inner, hidden))
+        self.down = nn.Parameter(0.5 * torch.randn(experts, hidden, inner))
+        self.scale = nn.Parameter(torch.rand(inner) + 0.5)
+
+    def forward(self, x):  # (T, 5)
+        h = self.embed(x)  # (T, H)
+        gate = self.router(h).softmax(-1)  # (T, E)
+        y = h
+        for e in range(self.experts):
+            act = F.gelu(F.linear(h, self.up[e]))  # (T, I): expert e's units
+            if self.mode == "shared":
+                act = act * self.scale
+            y = y + gate[:, e:e + 1] * F.linear(act, self.down[e])
+        if self.mode == "whole":
+            y = y + F.linear(F.linear(h, self.up.mean(0)), self.down.mean(0))
+        return self.head(y)
+
+
+@pytest.mark.parametrize("mode", ["", "shared", "whole"])
+def test_loop_over_expert_slices(mode):
+    """A constant slice per expert gives each expert's units a group of their own, unless
+    something ties them (a shared scale) or reads all experts at once (their mean)."""
+    torch.manual_seed(0)
+    model = LoopExperts(mode).eval()
+    x = torch.randn(7, 5)
+    spec = infer_spec(model, x)
+    assert_preserved(model, spec, (x,))
+    groups = restricted_groups(spec)
+    if mode:
+        assert not groups and {"up:1", "down:2"} <= free_places(spec)
+        per_expert = infer_spec(LoopExperts().eval(), x, check=False)
+        with pytest.raises(SpecError, match="outputs changed"):
+            check_spec(model, per_expert, x, generator=torch.Generator().manual_seed(0))
+        return
+    assert sorted(groups.values(), key=str) == [{((0, e),)} for e in range(model.experts)]
+    assert {"embed.weight:0", "up:2", "down:1"} <= free_places(spec)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    planted = random_permutation(spec, torch.Generator().manual_seed(1))
+    result = weight_matching(spec, state, apply_permutation(spec, planted, state), init="sorted")
+    assert same_perm(result.perm, invert(planted))

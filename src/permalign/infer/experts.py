@@ -25,6 +25,13 @@ other use of a tracked value *poisons* the classes of its axes (an op that mixes
 used outside grouped products, an input that is not expert rows). A class is split only if it
 is not poisoned, every parameter axis in it is a candidate, and all candidates share one
 cut; anything else keeps today's shared class.
+
+Experts written as a loop over a parameter's slices (``self.w[e]``, ``aten.select`` with a
+constant index) are handled before the rules: each slice gets axes of its own instead of the
+parameter's (:meth:`ExpertTracker.select`). After the walk, a parameter axis whose slices
+ended in pairwise different classes, of a parameter used only through such slices, becomes one
+restricted member per slice; otherwise the slices' axes are unified with the parameter's, which
+is exactly what the ``select`` rule does (:meth:`ExpertTracker.reconcile`).
 """
 from __future__ import annotations
 
@@ -91,6 +98,49 @@ class ExpertTracker:
         self.values: dict[Node, Weight | Picked | Rows | list] = {}
         self.candidates: dict[tuple[Node, int], set[Candidate]] = {}
         self.poisoned: list[Term] = []
+        self.whole: set[Node] = set()  # parameters used other than through constant slices
+        # (parameter, selected axis) -> index -> parameter axis -> that slice's axis
+        self.slices: dict[tuple[Node, int], dict[int, dict[int, Term]]] = {}
+
+    def select(self, ctx, node: Node, op: str, args: dict[str, Any]) -> bool:
+        """``param[..., e, ...]`` with a constant ``e``: the rule's work, but the result's axes
+        are the slice's own (shared by every use of the same slice). False if not that op."""
+        w = self.values.get(args.get("self"))
+        if op not in ("aten.select", "aten.select_copy") or not isinstance(w, Weight) or not (
+                isinstance(args.get("dim"), int) and isinstance(args.get("index"), int)):
+            return False
+        x, out = ctx.terms(args["self"]), ctx.output()
+        d = args["dim"] % len(x)
+        index = args["index"] % ctx.size(x[d])
+        ctx.slice(x[d], index, index + 1)  # as the select rule: that index is a piece of its own
+        rest = [a for i, a in enumerate(w.axes) if i != d]  # parameter axis of each result axis
+        axes = self.slices.setdefault((w.param, w.axes[d]), {}).setdefault(index, {})
+        for term, axis in zip(out, rest):
+            if axis in axes:
+                ctx.unify(axes[axis], term)
+            else:
+                axes[axis] = term
+        return True
+
+    def reconcile(self, ctx) -> dict[tuple[Node, int], list[tuple[tuple[int, int], Term]]]:
+        """Per parameter axis to split: ``((selected axis, index), slice axis)`` for each
+        slice. Every other slice axis is unified with its parameter's axis."""
+        out: dict[tuple[Node, int], list[tuple[tuple[int, int], Term]]] = {}
+        alg = ctx.alg
+        for (param, chosen), by_index in self.slices.items():
+            own = ctx.terms(param)
+            for axis in {a for axes in by_index.values() for a in axes}:
+                pieces = [((chosen, i), axes[axis]) for i, axes in sorted(by_index.items())
+                          if axis in axes]
+                roots = [{alg.find(leaf) for leaf in alg.leaves(t)} for _, t in pieces]
+                apart = all(not (r & q) for i, r in enumerate(roots) for q in roots[:i])
+                every = len(pieces) == ctx.size(own[chosen]) > 1  # no unused slice left over
+                if param not in self.whole and every and apart:
+                    out[(param, axis)] = pieces
+                else:
+                    for _, term in pieces:
+                        ctx.unify(own[axis], term)
+        return out
 
     def parameter(self, node: Node, ndim: int) -> None:
         """A floating parameter placeholder: a weight with its own axes."""
@@ -101,6 +151,10 @@ class ExpertTracker:
         tracked = [a for a in _nodes(args) if a in self.values]
         if not tracked:
             return
+        info = [self.values[a] for a in tracked]
+        if not (len(tracked) == 1 and isinstance(info[0], Weight)
+                and _view_axes(op, args, info[0].axes) is not None):
+            self.whole.update(i.param for i in info if isinstance(i, Weight | Picked))
         if op in GROUPED_MM and self._grouped_mm(node, args, terms):
             return
         if op == "aten.bmm" and self._bmm(node, args, terms):
@@ -108,7 +162,6 @@ class ExpertTracker:
         if op == "getitem" and isinstance(self.values.get(args["self"]), list):
             self.values[node] = self.values[args["self"]][args["index"]]
             return
-        info = [self.values[a] for a in tracked]
         first = info[0]
         if isinstance(first, Weight) and len(tracked) == 1:
             axes = _view_axes(op, args, first.axes)

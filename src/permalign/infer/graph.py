@@ -152,6 +152,8 @@ def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = No
             raise SpecError(f"no spec-inference rule for op {name} at {where(node)}; register "
                             "one with permalign.infer.register_rule, or simplify that module")
         args = bind(node)
+        if experts.select(ctx, node, name, args):  # a constant slice of a parameter
+            continue
         try:
             rules[name](ctx, args)
         except SpecError:
@@ -168,12 +170,17 @@ def _build_spec(ctx: Context, placeholder_keys: dict[Node, list[str]],
                 state: dict[str, torch.Tensor], experts: ExpertTracker | None = None
                 ) -> PermutationSpec:
     alg = ctx.alg
-    placed: list[tuple[str, int, tuple]] = []
+    sliced = experts.reconcile(ctx) if experts is not None else {}
+    placed: list[tuple[str, int, list]] = []
     roots: dict[tuple[Node, int], list[int]] = {}  # (placeholder, axis) -> its leaves' roots
     for node, keys in placeholder_keys.items():
         for axis, term in enumerate(ctx.terms(node) or []):
+            # (leaf, offset, outer, inner, partial, expressible, select) per piece of the axis
             leaves: list = []
-            _structured_leaves(alg, term, 0, 1, 0, 1, False, leaves)
+            for select, piece in sliced.get((node, axis), [((), term)]):
+                found: list = []
+                _structured_leaves(alg, piece, 0, 1, 0, 1, False, found)
+                leaves += [(*leaf, (select,) if select else ()) for leaf in found]
             for leaf in leaves:
                 if not leaf[5]:
                     alg.fix(leaf[0], "structured axis that a spec member cannot express")
@@ -188,14 +195,14 @@ def _build_spec(ctx: Context, placeholder_keys: dict[Node, list[str]],
     fixed: dict[str, str] = {}
     for key, axis, leaves in placed:
         free = False
-        for root, offset, outer, inner, partial, _ in leaves:
+        for root, offset, outer, inner, partial, _, picked in leaves:
             root = alg.find(root)
             if alg.size(root) <= 1 or root in alg.fixed:
                 continue
             free = True
-            cut = split.get(root)
+            cut = None if picked else split.get(root)
             for e in range(cut.experts) if cut else [None]:
-                select = ((cut.expert_axis, e),) if cut else ()
+                select = ((cut.expert_axis, e),) if cut else picked
                 groups.setdefault((root, e), []).append(
                     Member(key, axis, offset, outer, inner, partial, select))
         if not free and state[key].shape[axis] > 1:
