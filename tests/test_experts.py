@@ -138,11 +138,12 @@ def test_grouped_experts_get_one_group_each():
     assert same_perm(result.perm, invert(planted))
 
 
-@pytest.mark.parametrize("mix", ["centre", "norm"])
+@pytest.mark.parametrize("mix", ["centre", "norm", "slice"])
 def test_rows_mixed_across_experts_keep_one_group(mix):
     """An op that reads all rows at once (a mean over tokens) mixes the experts' units: they
     keep one group for all experts, and the per-expert spec of the unmixed model is wrong.
-    ("centre" feeds the mixed rows to the second product, "norm" only scales the output.)"""
+    ("centre" feeds the mixed rows to the second product, "norm" only scales the output;
+    "slice" multiplies expert 0's and expert 1's units outside the routed path.)"""
     pytest.importorskip("transformers.integrations.moe")
     torch.manual_seed(0)
     model = GroupedExperts(mix=mix).eval()
@@ -200,7 +201,8 @@ class LoopExperts(nn.Module):
     """Dense experts written as a loop over slices of 3-D parameters (``self.up[e]``:
     ``aten.select`` with a constant index), mixed by a softmax router. ``mode``: "shared" scales
     every expert's hidden units by one shared vector (ties the experts' units together);
-    "whole" also uses the experts' mean weights (reads every expert at once)."""
+    "whole" also uses the experts' mean weights (reads every expert at once); "tied" does so
+    through a second name of the same parameter."""
 
     def __init__(self, mode: str = "", hidden: int = 6, inner: int = 4, experts: int = 3):
         super().__init__()
@@ -210,6 +212,8 @@ class LoopExperts(nn.Module):
         self.up = nn.Parameter(0.5 * torch.randn(experts, inner, hidden))
         self.down = nn.Parameter(0.5 * torch.randn(experts, hidden, inner))
         self.scale = nn.Parameter(torch.rand(inner) + 0.5)
+        if mode == "tied":  # the same parameter under a second name, read whole there
+            self.up_again = self.up
 
     def forward(self, x):  # (T, 5)
         h = self.embed(x)  # (T, H)
@@ -220,12 +224,13 @@ class LoopExperts(nn.Module):
             if self.mode == "shared":
                 act = act * self.scale
             y = y + gate[:, e:e + 1] * F.linear(act, self.down[e])
-        if self.mode == "whole":
-            y = y + F.linear(F.linear(h, self.up.mean(0)), self.down.mean(0))
+        if self.mode in ("whole", "tied"):
+            up = self.up_again if self.mode == "tied" else self.up
+            y = y + F.linear(F.linear(h, up.mean(0)), self.down.mean(0))
         return self.head(y)
 
 
-@pytest.mark.parametrize("mode", ["", "shared", "whole"])
+@pytest.mark.parametrize("mode", ["", "shared", "whole", "tied"])
 def test_loop_over_expert_slices(mode):
     """A constant slice per expert gives each expert's units a group of their own, unless
     something ties them (a shared scale) or reads all experts at once (their mean)."""

@@ -569,7 +569,8 @@ class GroupedExperts(nn.Module):
                  mix: str = ""):
         super().__init__()
         self.k, self.experts = k, experts
-        self.mix = mix  # "centre" / "norm": use the mean of the activations over all experts
+        self.mix = mix  # "centre" / "norm": use the mean of the activations over all experts;
+        # "slice": also pair two experts' units directly
         self.embed, self.head = nn.Linear(5, hidden), nn.Linear(hidden, 3)
         self.router = nn.Linear(hidden, experts, bias=False)
         self.gate_up = nn.Parameter(0.3 * torch.randn(experts, 2 * inner, hidden))
@@ -590,6 +591,9 @@ class GroupedExperts(nn.Module):
         ys = grouped_mm(act, self.down.transpose(1, 2), offs)  # (T k, H)
         if self.mix == "norm":
             ys = ys * act.mean(0).norm()
+        if self.mix == "slice":  # experts 0 and 1 unit by unit, outside the routed path
+            pair = F.linear(h, self.gate_up[0]) * F.linear(h, self.gate_up[1])  # (T, 2I)
+            h = h * pair.sum(-1, keepdim=True)
         ys = ys * weights.reshape(-1)[order].unsqueeze(-1)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel())

@@ -137,10 +137,17 @@ class ExpertTracker:
                 every = len(pieces) == ctx.size(own[chosen]) > 1  # no unused slice left over
                 if param not in self.whole and every and apart:
                     out[(param, axis)] = pieces
-                else:
+                else:  # the slices' uses are not followed: no expert split may rely on them
                     for _, term in pieces:
                         ctx.unify(own[axis], term)
+                        self.poisoned.append(term)
         return out
+
+    def tied(self, first: Node, other: Node, terms) -> None:
+        """``other`` is another placeholder of ``first``'s tensor; its uses are not followed,
+        so ``first`` is read whole and its axes split for no expert."""
+        self.whole.add(first)
+        self.poison(first, terms)
 
     def parameter(self, node: Node, ndim: int) -> None:
         """A floating parameter placeholder: a weight with its own axes."""

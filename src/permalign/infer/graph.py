@@ -128,6 +128,7 @@ def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = No
                 else:
                     for a, b in zip(ctx.terms(tied), ctx.terms(node)):
                         ctx.unify(a, b)
+                    experts.tied(tied, node, ctx.terms)
                 if not state[target].is_floating_point():  # indices, counts, masks
                     ctx.fix_all(ctx.terms(node) or [], "integer tensor (indices or counts)")
             elif kind == "USER_INPUT":
