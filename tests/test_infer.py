@@ -565,9 +565,12 @@ class GroupedExperts(nn.Module):
     """Mixtral-style routing as transformers 5 runs it on CPU: sort by expert, histc counts,
     cumsum offsets, two grouped products, index_put_ inverse order, weighted sum over top k."""
 
-    def __init__(self, hidden: int = 8, inner: int = 4, experts: int = 3, k: int = 2):
+    def __init__(self, hidden: int = 8, inner: int = 4, experts: int = 3, k: int = 2,
+                 mix: str = ""):
         super().__init__()
         self.k, self.experts = k, experts
+        self.mix = mix  # "centre" / "norm": use the mean of the activations over all experts;
+        # "slice": also pair two experts' units directly
         self.embed, self.head = nn.Linear(5, hidden), nn.Linear(hidden, 3)
         self.router = nn.Linear(hidden, experts, bias=False)
         self.gate_up = nn.Parameter(0.3 * torch.randn(experts, 2 * inner, hidden))
@@ -582,7 +585,15 @@ class GroupedExperts(nn.Module):
         offs = torch.histc(ids.float(), bins=self.experts, min=0, max=self.experts - 1
                            ).cumsum(0).to(torch.int32)
         gate, up = grouped_mm(xs, self.gate_up.transpose(1, 2), offs).chunk(2, -1)
-        ys = grouped_mm(F.silu(gate) * up, self.down.transpose(1, 2), offs)  # (T k, H)
+        act = F.silu(gate) * up  # (T k, I): row r holds the units of its own expert
+        if self.mix == "centre":
+            act = act - act.mean(0)
+        ys = grouped_mm(act, self.down.transpose(1, 2), offs)  # (T k, H)
+        if self.mix == "norm":
+            ys = ys * act.mean(0).norm()
+        if self.mix == "slice":  # experts 0 and 1 unit by unit, outside the routed path
+            pair = F.linear(h, self.gate_up[0]) * F.linear(h, self.gate_up[1])  # (T, 2I)
+            h = h * pair.sum(-1, keepdim=True)
         ys = ys * weights.reshape(-1)[order].unsqueeze(-1)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel())

@@ -117,6 +117,24 @@ def test_bounded_matching_gives_the_cached_permutation(name, shape, tmp_path):
         matching_objective(spec, a, b, bounded.perm)
 
 
+def test_bounded_matching_with_restricted_members(tmp_path):
+    """Members restricted to one expert's slice: the bounded mode gives the cached
+    permutations, and the permuted view applies them as apply_permutation does."""
+    from test_experts import toy_spec, toy_state
+    g = torch.Generator().manual_seed(2)
+    spec = toy_spec()
+    for trial in range(3):
+        a, b = toy_state(g), toy_state(g)
+        lazy_b = to_file(b, tmp_path / f"b{trial}.safetensors")
+        cached = weight_matching(spec, a, b, seed=trial, init=None)
+        bounded = weight_matching(spec, a, lazy_b, seed=trial, init=None)
+        assert bounded.info["memory"] == "bounded"
+        assert all(torch.equal(cached.perm[n], bounded.perm[n]) for n in spec.groups)
+        eager = apply_permutation(spec, bounded.perm, b)
+        view = permuted_view(spec, bounded.perm, lazy_b)
+        assert all(torch.equal(view[k], eager[k]) for k in eager)
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_bounded_matching_on_a_transformers_model(folders, name):
     a, b = folders(name)

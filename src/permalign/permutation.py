@@ -7,12 +7,16 @@ A member's units sit on its axis as an ``[outer, size, inner]`` block starting a
 (see :class:`~permalign.spec.Member`). Everything that needs that layout — gather indices for
 applying a permutation, one row per unit for weight matching, one column per unit for activation
 statistics — goes through :func:`unit_block` / :func:`unit_view` here, nowhere else.
+
+A restricted member (``select``, one expert's units) acts only on its slice of the tensor:
+:func:`selected` cuts that slice out, and the layout then applies to the slice.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +26,17 @@ from .spec import Member, Permutation, PermutationSpec, StateDict
 
 
 # ------------------------------------------------------------------ member layout
+def selected(tensor: torch.Tensor, member: Member) -> tuple[torch.Tensor, Member]:
+    """The slice of ``tensor`` a restricted member acts on (a view, selected axes dropped) and
+    the member re-expressed on that slice; ``(tensor, member)`` for an unrestricted one."""
+    if not member.select:
+        return tensor, member
+    for axis, index in reversed(member.select):  # highest axis first: lower ones keep place
+        tensor = tensor.select(axis, index)
+    shift = sum(1 for axis, _ in member.select if axis < member.axis)
+    return tensor, dataclasses.replace(member, axis=member.axis - shift, select=())
+
+
 def unit_block(tensor: torch.Tensor, member: Member, size: int, axis: int) -> torch.Tensor:
     """``tensor`` with ``axis`` moved first and cut to the member's units: (outer, size, inner, *rest)."""
     t = tensor.movedim(axis, 0)  # (L, *rest)
@@ -34,8 +49,14 @@ def unit_view(tensor: torch.Tensor, member: Member, size: int, axis: int | None 
     """``tensor`` as ``(size, rest)``: one row per unit of the member's group.
 
     ``axis`` defaults to the member's own axis; activation statistics pass the feature axis of
-    an activation instead (every other position then counts as a sample).
+    an activation instead (every other position then counts as a sample). A restricted member
+    (``select``) has rows only in its own tensor's slice, not in activations.
     """
+    if member.select:
+        if axis is not None:
+            raise SpecError(f"{member.describe()} is restricted to one slice of its tensor; "
+                            "its units cannot be read off an activation")
+        tensor, member = selected(tensor, member)
     axis = member.axis if axis is None else axis
     if member.is_plain:
         return tensor.movedim(axis, 0).reshape(size, -1)
@@ -43,7 +64,10 @@ def unit_view(tensor: torch.Tensor, member: Member, size: int, axis: int | None 
 
 
 def member_index(member: Member, length: int, perm: torch.Tensor) -> torch.Tensor:
-    """Full-length gather index for one axis of length ``length``: ``new[i] = old[index[i]]``."""
+    """Full-length gather index for one axis of length ``length``: ``new[i] = old[index[i]]``.
+
+    For a restricted member this is the index within its slice (see :func:`permute_tensor`).
+    """
     if member.is_plain:
         return perm
     size = perm.numel()
@@ -93,18 +117,46 @@ def perm_from_json(obj: Any, spec: PermutationSpec | None = None) -> Permutation
     return perm
 
 
+def _tensor_indices(tensor: torch.Tensor, entries: Iterable[tuple[str, Member]],
+                    perm: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``axis -> gather index`` combining every unrestricted entry acting on that axis."""
+    out: dict[int, torch.Tensor] = {}
+    for name, m in entries:
+        if m.select:
+            continue
+        idx = member_index(m, tensor.shape[m.axis],
+                           torch.as_tensor(perm[name]).to(tensor.device))
+        prev = out.get(m.axis)
+        out[m.axis] = idx if prev is None else prev[idx]
+    return out
+
+
 def axis_indices(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
                  state_dict: StateDict) -> dict[str, dict[int, torch.Tensor]]:
-    """``key -> axis -> gather index`` combining every group acting on that axis."""
-    out: dict[str, dict[int, torch.Tensor]] = {}
-    for key, entries in spec.members_by_key().items():
-        shape = state_dict[key].shape
-        for name, m in entries:
-            p = torch.as_tensor(perm[name]).to(state_dict[key].device)
-            idx = member_index(m, shape[m.axis], p)
-            prev = out.setdefault(key, {}).get(m.axis)
-            out[key][m.axis] = idx if prev is None else prev[idx]
-    return out
+    """``key -> axis -> gather index`` combining every group acting on that axis (restricted
+    members, which act on one slice only, are not included: see :func:`permute_tensor`)."""
+    return {key: _tensor_indices(state_dict[key], entries, perm)
+            for key, entries in spec.members_by_key().items()}
+
+
+def permute_tensor(tensor: torch.Tensor, entries: Iterable[tuple[str, Member]],
+                   perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``tensor`` with the permutations of ``entries`` (``(group, member)`` pairs acting on
+    it) applied; ``tensor`` itself is not modified. Whole-axis members gather along their
+    axes; a restricted member gathers within its slice (a spec never permutes an axis that a
+    member selects on, so the order of the two does not matter)."""
+    entries = list(entries)
+    for axis, idx in _tensor_indices(tensor, entries, perm).items():
+        tensor = torch.index_select(tensor, axis, idx)
+    restricted = [(name, m) for name, m in entries if m.select]
+    if restricted:
+        tensor = tensor.clone()
+        for name, m in restricted:
+            part, inside = selected(tensor, m)  # a view into ``tensor``
+            p = torch.as_tensor(perm[name]).to(tensor.device)
+            part.copy_(torch.index_select(part, inside.axis,
+                                          member_index(inside, part.shape[inside.axis], p)))
+    return tensor
 
 
 def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
@@ -115,12 +167,9 @@ def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
     ``_metadata`` (module versions that ``load_state_dict`` reads) is carried over.
     """
     spec.validate_permutation(perm)
-    indices = axis_indices(spec, perm, state_dict)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        for axis, idx in indices.get(key, {}).items():
-            value = torch.index_select(value, axis, idx)
-        out[key] = value
+    by_key = spec.members_by_key()
+    out = {key: permute_tensor(value, by_key[key], perm) if key in by_key else value
+           for key, value in state_dict.items()}
     return keep_metadata(out, state_dict)
 
 

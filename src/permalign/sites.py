@@ -45,8 +45,8 @@ def consumer_sites(model: nn.Module, spec: PermutationSpec
         found = []
         for m in group.members:
             owner = _module_of(m.key, model)
-            if owner and m.axis == 1 and isinstance(owner[1], LINEAR_LIKE) and getattr(
-                    owner[1], "groups", 1) == 1:
+            if owner and m.axis == 1 and not m.select and isinstance(
+                    owner[1], LINEAR_LIKE) and getattr(owner[1], "groups", 1) == 1:
                 found.append((owner[0], m))
         if not found:
             raise SpecError(f"group {name!r} has no Linear/Conv layer consuming it, so its "

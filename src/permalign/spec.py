@@ -12,6 +12,12 @@ conv -> flatten -> linear (``inner = H * W``), concatenation (``offset``), atten
 (``inner = head_dim``) and the within-head axis (``outer = num_heads``). A member that covers
 only part of its axis (one input of a concatenation) says so with ``partial``; any other member
 must cover the whole axis, which is what catches a wrong group size.
+
+A member may be *restricted* to one index of other axes of its tensor: ``select = ((0, e),)``
+on axis 1 of a ``(experts, inner, hidden)`` tensor means the units are ``tensor[e, :, ...]``'s
+axis 1 only (one expert's hidden units, a group of its own). The layout fields then describe
+the axis within that slice. An axis that a member selects on may not itself be permuted by any
+group (the experts stay in place while each expert's units move).
 """
 from __future__ import annotations
 
@@ -39,11 +45,17 @@ class Member:
     outer: int = 1
     inner: int = 1
     partial: bool = False  # covers only part of the axis (e.g. one input of a concatenation)
+    select: tuple[tuple[int, int], ...] = ()  # (axis, index): only this slice of the tensor
+
+    def __post_init__(self) -> None:  # one canonical order, so equal members compare equal
+        object.__setattr__(self, "select", tuple(sorted((int(a), int(i))
+                                                        for a, i in self.select)))
 
     @property
     def is_plain(self) -> bool:
-        """Covers the whole axis, one index per unit."""
-        return self.offset == 0 and self.outer == 1 and self.inner == 1 and not self.partial
+        """Covers the whole axis of the whole tensor, one index per unit."""
+        return (self.offset == 0 and self.outer == 1 and self.inner == 1 and not self.partial
+                and not self.select)
 
     @property
     def covers_part(self) -> bool:
@@ -57,20 +69,26 @@ class Member:
     def to_json(self) -> Any:
         if self.is_plain:
             return [self.key, self.axis]
-        return {"key": self.key, "axis": self.axis, "offset": self.offset,
-                "outer": self.outer, "inner": self.inner, "partial": self.partial}
+        out = {"key": self.key, "axis": self.axis, "offset": self.offset,
+               "outer": self.outer, "inner": self.inner, "partial": self.partial}
+        if self.select:
+            out["select"] = [list(pair) for pair in self.select]
+        return out
 
     def describe(self) -> str:
         """``key  axis N`` plus the layout when it is not the whole axis."""
-        if self.is_plain:
-            return f"{self.key}  axis {self.axis}"
-        return (f"{self.key}  axis {self.axis} (offset={self.offset}, outer={self.outer}, "
-                f"inner={self.inner}{', partial' if self.partial else ''})")
+        where = "".join(f"[axis {a} = {i}]" for a, i in self.select)
+        if self.is_plain or (self.select and self.offset == 0 and self.outer == 1
+                             and self.inner == 1 and not self.partial):
+            return f"{self.key}{where}  axis {self.axis}"
+        return (f"{self.key}{where}  axis {self.axis} (offset={self.offset}, "
+                f"outer={self.outer}, inner={self.inner}{', partial' if self.partial else ''})")
 
     @staticmethod
     def from_json(obj: Any) -> "Member":
-        """``[key, axis]`` or ``{key, axis, offset, outer, inner, partial}`` (``block`` is read
-        as the old name of ``partial``)."""
+        """``[key, axis]`` or ``{key, axis, offset, outer, inner, partial, select}``
+        (``block`` is read as the old name of ``partial``; ``select`` is a list of
+        ``[axis, index]`` pairs, absent for a member of the whole tensor)."""
         if isinstance(obj, list | tuple) and len(obj) == 2:
             key, axis = obj
             extra: dict[str, Any] = {}
@@ -88,8 +106,19 @@ class Member:
         partial = extra.get("partial", extra.get("block", False))
         if not isinstance(key, str) or not isinstance(partial, bool):
             raise SpecError(f"spec member {obj!r}: key must be a string and partial a boolean")
+        select = extra.get("select", [])
+        if not isinstance(select, list | tuple) or not all(
+                isinstance(pair, list | tuple) and len(pair) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)
+                for pair in select):
+            raise SpecError(f"spec member {obj!r}: select must be a list of [axis, index] pairs "
+                            "of non-negative integers")
+        pairs = tuple(sorted((int(a), int(i)) for a, i in select))
+        if len({a for a, _ in pairs}) != len(pairs) or numbers["axis"] in {a for a, _ in pairs}:
+            raise SpecError(f"spec member {obj!r}: select names an axis twice or the member's "
+                            "own axis")
         return Member(key, numbers["axis"], numbers["offset"], numbers["outer"],
-                      numbers["inner"], partial)
+                      numbers["inner"], partial, pairs)
 
 
 @dataclass
@@ -139,6 +168,7 @@ class PermutationSpec:
     # ------------------------------------------------------------- validation
     def validate(self, state_dict: StateDict) -> None:
         """Raise SpecError naming the first member that does not fit ``state_dict``."""
+        permuted = {(m.key, m.axis) for g in self.groups.values() for m in g.members}
         for name, group in self.groups.items():
             if group.size < 1:
                 raise SpecError(f"spec group {name!r} has size {group.size}; sizes must be >= 1")
@@ -154,6 +184,7 @@ class PermutationSpec:
                 if not 0 <= m.axis < len(shape):
                     raise SpecError(f"spec group {name!r}: {m.key!r} has {len(shape)} axes, "
                                     f"no axis {m.axis}")
+                self._validate_select(name, m, shape, permuted)
                 length = shape[m.axis]
                 if m.is_plain and length != group.size:
                     raise SpecError(f"spec group {name!r} has size {group.size} but {m.key!r} axis "
@@ -166,6 +197,22 @@ class PermutationSpec:
                     raise SpecError(f"spec group {name!r}: block of {m.key!r} axis {m.axis} "
                                     f"(offset {m.offset}, {m.outer}x{group.size}x{m.inner}) "
                                     f"exceeds length {length}")
+
+    @staticmethod
+    def _validate_select(name: str, m: Member, shape: tuple[int, ...],
+                         permuted: set[tuple[str, int]]) -> None:
+        """A restricted member selects in range, on other axes, which no group permutes."""
+        for axis, index in m.select:
+            if axis == m.axis or not 0 <= axis < len(shape):
+                raise SpecError(f"spec group {name!r}: {m.key!r} select axis {axis} must be "
+                                f"another of its {len(shape)} axes than axis {m.axis}")
+            if not 0 <= index < shape[axis]:
+                raise SpecError(f"spec group {name!r}: {m.key!r} select index {index} is out "
+                                f"of range for axis {axis} of length {shape[axis]}")
+            if (m.key, axis) in permuted:
+                raise SpecError(f"spec group {name!r}: {m.key!r} axis {axis} is both selected "
+                                "on and permuted; a spec cannot permute the slices that a "
+                                "restricted member picks (e.g. experts and each expert's units)")
 
     def validate_permutation(self, perm: Mapping[str, torch.Tensor]) -> None:
         """Raise SpecError unless ``perm`` holds one valid permutation per group: integer

@@ -9,8 +9,8 @@ from torch import nn
 
 from . import distributed
 from .data import batches
-from .lazy import LazyView, dtype_of, shape_of, stubs
-from .permutation import axis_indices, keep_metadata
+from .lazy import LazyView, dtype_of, shape_of
+from .permutation import keep_metadata, permute_tensor
 from .spec import PermutationSpec
 
 
@@ -38,13 +38,11 @@ def permuted_view(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
     is ``state[key]`` (loaded then, if ``state`` is lazy) with every group's permutation
     applied, the same bits as the eager result; nothing is kept."""
     spec.validate_permutation(perm)
-    indices = axis_indices(spec, perm, stubs(state, spec.members_by_key()))  # shapes only
+    by_key = spec.members_by_key()
 
     def make(key: str) -> torch.Tensor:
         value = state[key]
-        for axis, idx in indices.get(key, {}).items():
-            value = torch.index_select(value, axis, idx)
-        return value
+        return permute_tensor(value, by_key[key], perm) if key in by_key else value
     return LazyView(make, {k: shape_of(state, k) for k in state},
                     {k: dtype_of(state, k) for k in state})
 

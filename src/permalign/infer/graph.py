@@ -14,6 +14,7 @@ from ..errors import SpecError, first_line
 from ..spec import Member, PermutationSpec
 from .axes import AxisAlgebra, Cat, InferenceError, Term
 from .context import Context
+from .experts import ExpertTracker
 from .rules import IGNORED, RULES
 
 
@@ -99,6 +100,7 @@ def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = No
     """Propagate axes through an exported program and build the spec."""
     rules = {**RULES, **(extra_rules or {})}
     ctx = Context()
+    experts = ExpertTracker()
     graph = program.graph
     signature = program.graph_signature
     state = model.state_dict(keep_vars=True)
@@ -121,9 +123,12 @@ def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = No
                 tied = by_tensor.setdefault(id(state[target]), node)
                 if tied is node:
                     placeholder_keys[node] = aliases[id(state[target])]
+                    if state[target].is_floating_point():
+                        experts.parameter(node, state[target].dim())
                 else:
                     for a, b in zip(ctx.terms(tied), ctx.terms(node)):
                         ctx.unify(a, b)
+                    experts.tied(tied, node, ctx.terms)
                 if not state[target].is_floating_point():  # indices, counts, masks
                     ctx.fix_all(ctx.terms(node) or [], "integer tensor (indices or counts)")
             elif kind == "USER_INPUT":
@@ -147,51 +152,69 @@ def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = No
         if name not in rules:
             raise SpecError(f"no spec-inference rule for op {name} at {where(node)}; register "
                             "one with permalign.infer.register_rule, or simplify that module")
+        args = bind(node)
+        if experts.select(ctx, node, name, args):  # a constant slice of a parameter
+            continue
         try:
-            rules[name](ctx, bind(node))
+            rules[name](ctx, args)
         except SpecError:
             raise
         except (InferenceError, NotImplementedError, KeyError, TypeError, IndexError,
                 ValueError) as exc:
             raise SpecError(f"rule for {name} failed at {where(node)}: {exc}") from None
         ctx.all_outputs()  # ops whose rule set nothing still get fresh axes
-    return _build_spec(ctx, placeholder_keys, state)
+        experts.step(node, name, args, ctx.values.get)
+    return _build_spec(ctx, placeholder_keys, state, experts)
 
 
 def _build_spec(ctx: Context, placeholder_keys: dict[Node, list[str]],
-                state: dict[str, torch.Tensor]) -> PermutationSpec:
+                state: dict[str, torch.Tensor], experts: ExpertTracker | None = None
+                ) -> PermutationSpec:
     alg = ctx.alg
-    placed: list[tuple[str, int, tuple]] = []
+    sliced = experts.reconcile(ctx) if experts is not None else {}
+    placed: list[tuple[str, int, list]] = []
+    roots: dict[tuple[Node, int], list[int]] = {}  # (placeholder, axis) -> its leaves' roots
     for node, keys in placeholder_keys.items():
         for axis, term in enumerate(ctx.terms(node) or []):
+            # (leaf, offset, outer, inner, partial, expressible, select) per piece of the axis
             leaves: list = []
-            _structured_leaves(alg, term, 0, 1, 0, 1, False, leaves)
+            for select, piece in sliced.get((node, axis), [((), term)]):
+                found: list = []
+                _structured_leaves(alg, piece, 0, 1, 0, 1, False, found)
+                leaves += [(*leaf, (select,) if select else ()) for leaf in found]
             for leaf in leaves:
                 if not leaf[5]:
                     alg.fix(leaf[0], "structured axis that a spec member cannot express")
+            roots[(node, axis)] = [alg.find(leaf[0]) for leaf in leaves]
             for key in keys:
                 placed.append((key, axis, leaves))
+    # classes whose units each expert may permute on its own: one group per expert
+    split = experts.split_classes(alg, roots) if experts is not None else {}
     order = {k: i for i, k in enumerate(state)}
     placed.sort(key=lambda p: (order.get(p[0], 0), p[1]))
-    groups: dict[int, list[Member]] = {}
+    groups: dict[Any, list[Member]] = {}
     fixed: dict[str, str] = {}
     for key, axis, leaves in placed:
         free = False
-        for root, offset, outer, inner, partial, _ in leaves:
+        for root, offset, outer, inner, partial, _, picked in leaves:
             root = alg.find(root)
             if alg.size(root) <= 1 or root in alg.fixed:
                 continue
             free = True
-            groups.setdefault(root, []).append(Member(key, axis, offset, outer, inner, partial))
+            cut = None if picked else split.get(root)
+            for e in range(cut.experts) if cut else [None]:
+                select = ((cut.expert_axis, e),) if cut else picked
+                groups.setdefault((root, e), []).append(
+                    Member(key, axis, offset, outer, inner, partial, select))
         if not free and state[key].shape[axis] > 1:
             reasons = [alg.fixed.get(alg.find(leaf[0])) for leaf in leaves]
             fixed[f"{key}:{axis}"] = next((r for r in reasons if r), "size-1 units")
     spec = PermutationSpec(fixed=fixed)
     used: set[str] = set()
-    for root, members in groups.items():
+    for (root, _), members in groups.items():
         first = members[0]
-        name = f"{first.key}:{first.axis}"
-        if not first.is_plain:
+        name = "".join([first.key, *(f"[{a}={i}]" for a, i in first.select), f":{first.axis}"])
+        if not (first.is_plain or first == Member(first.key, first.axis, select=first.select)):
             name += f"[offset={first.offset},outer={first.outer},inner={first.inner}]"
         while name in used:
             name += "'"

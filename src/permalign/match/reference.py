@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import lap
-from ..permutation import identity_permutation, member_index, unit_view
+from ..permutation import identity_permutation, permute_tensor, unit_view
 from ..spec import Member, PermutationSpec
 from .base import MatchResult
 from .base import default_similarity_key
@@ -21,12 +21,9 @@ from .base import default_similarity_key
 def _permuted_except(spec: PermutationSpec, perm, key: str, tensor: torch.Tensor,
                      skip: tuple[str, Member]) -> torch.Tensor:
     """``tensor`` with every group's permutation applied except group ``skip`` on its member."""
-    for name, group in spec.groups.items():
-        for m in group.members:
-            if m.key == key and (name, m) != skip:
-                tensor = torch.index_select(tensor, m.axis,
-                                            member_index(m, tensor.shape[m.axis], perm[name]))
-    return tensor
+    return permute_tensor(tensor, [(name, m) for name, group in spec.groups.items()
+                                   for m in group.members if m.key == key and (name, m) != skip],
+                          perm)
 
 
 def weight_matching_reference(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],

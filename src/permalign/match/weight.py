@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from .. import distributed, lap
 from ..errors import PermalignError, SpecError
 from ..lazy import float_view, is_lazy, stubs
-from ..permutation import identity_permutation, member_index, random_permutation, unit_view
+from ..permutation import (identity_permutation, permute_tensor, random_permutation, selected,
+                           unit_view)
 from ..spec import Member, Permutation, PermutationSpec
 from ..statedict import float_state, permuted_view
 from ..threads import matmul_nt, torch_threads
@@ -55,17 +56,34 @@ def permuted_rows(tensor: torch.Tensor, member: Member, size: int, others: Other
     """``unit_view`` of ``tensor`` after the ``others``' permutations, ``(size, rest)``.
 
     Plain members gather on the moved view, so the result comes out contiguous in one copy.
+    A restricted member (one expert's units) reads only its slice, where only the others on
+    the same slice or on the whole tensor act.
     """
+    if member.select:
+        tensor, inside = selected(tensor, member)
+        return permuted_rows(tensor, inside, size, _on_slice(member, others), perm)
     if member.is_plain and all(m.is_plain and m.axis != member.axis for _, m in others):
         t = tensor.movedim(member.axis, 0)  # (size, *rest): a view
         for name, m in others:
             axis = m.axis + 1 if m.axis < member.axis else m.axis  # its place in the view
             t = torch.index_select(t, axis, perm[name])
         return t.reshape(size, -1)
-    t = tensor
+    return unit_view(permute_tensor(tensor, others, perm), member, size)
+
+
+def _on_slice(member: Member, others: Others) -> Others:
+    """The ``others`` that act on ``member``'s slice, re-expressed on that slice."""
+    out = []
+    chosen = dict(member.select)
     for name, m in others:
-        t = torch.index_select(t, m.axis, member_index(m, t.shape[m.axis], perm[name]))
-    return unit_view(t, member, size)
+        if any(chosen.get(axis, index) != index for axis, index in m.select):
+            continue  # another slice (another expert): does not touch this one
+        if m.select and m.select != member.select:
+            raise SpecError(f"{m.describe()} and {member.describe()} select different axes "
+                            "of one tensor; weight matching supports one selection per tensor")
+        out.append((name, Member(m.key, m.axis - sum(1 for a in chosen if a < m.axis),
+                                 m.offset, m.outer, m.inner, m.partial)))
+    return tuple(out)
 
 
 # An incremental update of a cached similarity pays while it touches fewer columns than this

@@ -281,7 +281,11 @@ TRANSFORMERS = [
     Case("transformers/mixtral", "moe", _hf(
         "MixtralForCausalLM", "MixtralConfig", **ENC, num_key_value_heads=2,
         num_local_experts=4, num_experts_per_tok=2, **LM), tokens(use_cache=False),
-        ("mixture-of-experts", "gqa", "rotary")),
+        ("mixture-of-experts", "gqa", "rotary"),
+        # each expert's hidden units (one group per expert) and the residual stream
+        free=("model.layers.0.mlp.experts.gate_up_proj:1",
+              "model.layers.1.mlp.experts.down_proj:2",
+              "model.layers.0.mlp.experts.gate_up_proj:2")),
     # full widths as published (slow): coordinate descent from the identity gets stuck more
     # often as groups grow
     Case("transformers/deit-tiny-full", "vision-transformer", _hf(
