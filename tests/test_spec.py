@@ -230,3 +230,36 @@ def test_unknown_model_string():
         zoo.build("mlp:width=wide", input_shape=(1, 8, 8), num_classes=10)
     with pytest.raises(PermalignError, match="unknown norm"):
         zoo.build("resnet20:norm=gn", input_shape=(1, 8, 8), num_classes=10)
+
+
+class TiedLM(nn.Module):
+    """Embedding -> MLP -> output layer sharing the embedding's weight (tied, one tensor)."""
+
+    def __init__(self, vocab: int = 11, width: int = 6, hidden: int = 9) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.up, self.down = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)  # (B, T, width)
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.head(h)  # (B, T, vocab)
+
+
+def test_check_spec_permutes_tied_weights_once():
+    """Both keys of a tied tensor are members; permuting it twice would break the check."""
+    torch.manual_seed(0)
+    model = TiedLM()
+    spec = PermutationSpec()
+    spec.add_group("width", 6, [Member("embed.weight", 1), Member("head.weight", 1),
+                                Member("up.weight", 1), Member("down.weight", 0),
+                                Member("down.bias", 0)])
+    spec.add_group("hidden", 9, [Member("up.weight", 0), Member("up.bias", 0),
+                                 Member("down.weight", 1)])
+    ids = torch.randint(0, 11, (2, 5))
+    check_spec(model, spec, ids, generator=torch.Generator().manual_seed(0), trials=3)
+    spec.groups["hidden"].members.pop()  # down's in-axis left out: a wrong spec
+    with pytest.raises(SpecError):
+        check_spec(model, spec, ids, generator=torch.Generator().manual_seed(0))

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import random
 import re
 import sys
 import tempfile
@@ -45,7 +46,8 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
         write(files[name])
 
     add("empty file", "empty.pt", lambda p: p.write_bytes(b""))
-    add("random bytes", "random.pt", lambda p: p.write_bytes(os.urandom(3000)))
+    add("random bytes", "random.pt",  # fixed bytes: the message depends on them
+        lambda p: p.write_bytes(random.Random(0).randbytes(3000)))
     add("truncated checkpoint", "truncated.pt",
         lambda p: p.write_bytes((folder / "good.pt").read_bytes()[:700]))
     add("text file", "notes.pt", lambda p: p.write_text("these are not weights"))

@@ -211,16 +211,17 @@ def cast_floats(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def _copies_in(model: torch.nn.Module, dtype: torch.dtype | None, inputs: tuple,
-               kwargs: dict[str, Any]) -> tuple[torch.nn.Module, torch.nn.Module, list] | None:
-    """Two eval copies of ``model`` in ``dtype`` (both made before any forward: some models
-    cache tensors derived from their weights in eval mode) and the reference outputs; None
-    if the model does not run in ``dtype``."""
-    reference = copy.deepcopy(model).eval()
-    if dtype is not None:
-        reference = reference.to(dtype)
-        inputs, kwargs = cast_floats(inputs, dtype), cast_floats(kwargs, dtype)
-    work = copy.deepcopy(reference)
+def _eval_copy(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """A fresh eval-mode copy of ``model``, in ``dtype`` if given."""
+    copy_ = copy.deepcopy(model).eval()
+    return copy_.to(dtype) if dtype is not None else copy_
+
+
+def _reference_outputs(model: torch.nn.Module, dtype: torch.dtype | None, inputs: tuple,
+                       kwargs: dict[str, Any]) -> list[torch.Tensor] | None:
+    """The outputs of a fresh copy of ``model`` in ``dtype``; None if it does not run in
+    ``dtype`` or casts back down inside (then compare at the model's own precision)."""
+    reference = _eval_copy(model, dtype)
     try:
         outputs = _flat_outputs(reference(*inputs, **kwargs))
     except Exception:  # noqa: BLE001 - ops without float64 kernels raise anything
@@ -228,8 +229,23 @@ def _copies_in(model: torch.nn.Module, dtype: torch.dtype | None, inputs: tuple,
             raise
         return None
     if dtype is not None and any(o.dtype != dtype for o in outputs):
-        return None  # the model casts back down inside: compare at its own precision
-    return reference, work, outputs
+        return None
+    return outputs
+
+
+def permute_in_place(model: torch.nn.Module, spec: PermutationSpec,
+                     perm: Mapping[str, torch.Tensor]) -> None:
+    """Apply ``perm`` to ``model``'s parameters and buffers in place, one tensor at a time (no
+    second state dict). Tensors tied under several keys are permuted once."""
+    state = model.state_dict(keep_vars=True)
+    done: set[int] = set()
+    with torch.no_grad():
+        for key, entries in spec.members_by_key().items():
+            tensor = state[key]
+            if tensor.data_ptr() in done:
+                continue
+            done.add(tensor.data_ptr())
+            tensor.copy_(permute_tensor(tensor.detach(), entries, perm))
 
 
 @torch.no_grad()
@@ -245,25 +261,33 @@ def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: An
     position-index buffer). Where the model does not run in float64 the comparison is in its
     own dtype with ``atol``/``rtol``; ``atol=math.inf`` only measures (never raises). Returns
     the largest absolute output difference seen; ``model`` itself is not modified.
+
+    Every forward runs on a fresh copy (some models cache tensors derived from their weights
+    in eval mode), made only after the previous copy is released and permuted in place, so
+    memory holds one copy at a time: in float64 about twice the model besides ``model``.
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     kwargs = example_kwargs or {}
     spec.validate(model.state_dict())
-    copies = _copies_in(model, torch.float64, example_inputs, kwargs) if float64 else None
-    exact = copies is not None
-    if exact:
-        example_inputs = cast_floats(example_inputs, torch.float64)
-        kwargs = cast_floats(kwargs, torch.float64)
-    else:
-        copies = _copies_in(model, None, example_inputs, kwargs)
-    reference_model, work, reference = copies
-    state = reference_model.state_dict()
+    dtype = None
+    reference = None
+    if float64:
+        inputs64, kwargs64 = (cast_floats(example_inputs, torch.float64),
+                              cast_floats(kwargs, torch.float64))
+        reference = _reference_outputs(model, torch.float64, inputs64, kwargs64)
+        if reference is not None:
+            dtype, example_inputs, kwargs = torch.float64, inputs64, kwargs64
+    exact = reference is not None
+    if not exact:
+        reference = _reference_outputs(model, None, example_inputs, kwargs)
     worst = 0.0
     for _ in range(trials):
         perm = random_permutation(spec, generator)
-        work.load_state_dict(apply_permutation(spec, perm, state))
+        work = _eval_copy(model, dtype)
+        permute_in_place(work, spec, perm)
         permuted = _flat_outputs(work(*example_inputs, **kwargs))
+        del work
         for ref, got in zip(reference, permuted, strict=True):
             diff = (ref - got).abs().max().item() if ref.numel() else 0.0
             worst = max(worst, diff)
