@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .errors import PermalignError
-from .statedict import has_batchnorm, mean_state, reset_bn_stats
+from .lazy import is_lazy
+from .statedict import has_batchnorm, mean_state, mean_view, permuted_view, reset_bn_stats
 from .match.weight import weight_matching
 from .permutation import apply_permutation, identity_permutation
 from .spec import Permutation, PermutationSpec
@@ -26,8 +27,8 @@ StateDict = Mapping[str, torch.Tensor]
 class MergeResult:
     """The merged state dict, every input aligned into the common basin, and how."""
 
-    merged: dict[str, torch.Tensor]
-    aligned: list[dict[str, torch.Tensor]]
+    merged: Mapping[str, torch.Tensor]  # a lazy view when the inputs were lazy
+    aligned: list[Mapping[str, torch.Tensor]]
     perms: list[Permutation]
     rounds: int
     converged: bool
@@ -37,6 +38,17 @@ class MergeResult:
 
 def _same(p: Permutation, q: Permutation) -> bool:
     return all(torch.equal(p[k].cpu(), q[k].cpu()) for k in p)
+
+
+def _distance(before: StateDict, after: StateDict) -> float:
+    """Euclidean distance of two state dicts' floating tensors, one tensor at a time (in sorted
+    key order, so a lazy view, whose keys come in its file's order, sums the same way)."""
+    total = 0.0
+    for key in sorted(after):
+        a = after[key]
+        if a.is_floating_point():
+            total += float((a - before[key]).double().pow(2).sum())
+    return total ** 0.5
 
 
 def merge_many(spec: PermutationSpec, states: list[StateDict], *, seed: int = 0,
@@ -53,6 +65,11 @@ def merge_many(spec: PermutationSpec, states: list[StateDict], *, seed: int = 0,
     A merged BatchNorm model needs its running statistics re-estimated (variance collapse):
     with ``model`` (the architecture) containing BatchNorm and ``bn_reset``, they are measured
     on the inputs ``bn_data``, which are then required.
+
+    Lazy inputs (:mod:`permalign.lazy`, e.g. safetensors folders) stay lazy: the aligned
+    models, the means they are matched to and the merged model are views computed one tensor
+    at a time (the same bits as the eager path), and weight matching runs in its bounded-memory
+    mode, so memory holds a few tensors, not the models.
     """
     if len(states) < 2:
         raise PermalignError("merging needs at least two models")
@@ -61,34 +78,39 @@ def merge_many(spec: PermutationSpec, states: list[StateDict], *, seed: int = 0,
         raise PermalignError("the merged model has BatchNorm layers whose statistics must be "
                              "re-estimated on training data; pass --dataset (or skip with "
                              "--no-bn-reset)")
-    states = [{k: v.to(device) for k, v in s.items()} for s in states]
+    lazy = any(is_lazy(s) for s in states)
+    if lazy and torch.device(device).type != "cpu":
+        raise PermalignError("merging lazy (low-memory) inputs runs on the CPU; drop --device "
+                             "or --low-memory")
+    mean = mean_view if lazy else mean_state
+    permute = permuted_view if lazy else apply_permutation
+    if not lazy:
+        states = [{k: v.to(device) for k, v in s.items()} for s in states]
     perms = [identity_permutation(spec) for _ in states]
-    aligned = [dict(s) for s in states]
+    aligned = list(states) if lazy else [dict(s) for s in states]
     generator = torch.Generator().manual_seed(seed)
     history: list[float] = []
     converged = False
     rounds = 0
     for rounds in range(1, max_rounds + 1):
         changed = False
-        before = mean_state(aligned)
+        before = mean(list(aligned))
         for i in torch.randperm(len(states), generator=generator).tolist():
-            others = mean_state([aligned[j] for j in range(len(states)) if j != i])
+            others = mean([aligned[j] for j in range(len(states)) if j != i])
             result = weight_matching(spec, others, states[i], init=perms[i],
                                      seed=seed + rounds * len(states) + i, device=device)
             if not _same(result.perm, perms[i]):
                 changed = True
                 perms[i] = result.perm
-                aligned[i] = apply_permutation(spec, perms[i], states[i])
-        after = mean_state(aligned)
-        history.append(float(sum((after[k] - before[k]).double().pow(2).sum()
-                                 for k in after if after[k].is_floating_point()) ** 0.5))
+                aligned[i] = permute(spec, perms[i], states[i])
+        history.append(_distance(before, mean(list(aligned))))
         if not changed:
             converged = True
             break
-    merged = mean_state(aligned)
+    merged = mean(aligned)
     if needs_bn_reset:
         work = copy.deepcopy(model).to(device)
-        work.load_state_dict(merged)
+        work.load_state_dict(merged if isinstance(merged, dict) else dict(merged))
         reset_bn_stats(work, bn_data.to(device))
         merged = {k: v.detach() for k, v in work.state_dict().items()}
     return MergeResult(merged=merged, aligned=aligned, perms=perms, rounds=rounds,

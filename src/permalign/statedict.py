@@ -58,6 +58,19 @@ def lerp_view(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.T
                     {k: dtype_of(state_a, k) for k in state_a})
 
 
+def mean_view(states: list[Mapping[str, torch.Tensor]]) -> LazyView:
+    """:func:`mean_state` one tensor at a time (the same bits); nothing is kept."""
+    first = states[0]
+
+    def make(key: str) -> torch.Tensor:
+        value = first[key]
+        if not value.is_floating_point():
+            return value.clone()
+        return torch.stack([value] + [s[key].to(value.device) for s in states[1:]]).mean(0)
+    return LazyView(make, {k: shape_of(first, k) for k in first},
+                    {k: dtype_of(first, k) for k in first})
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 

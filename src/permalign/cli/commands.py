@@ -233,8 +233,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     check_output(args, args.out, args.checkpoints)
     if len(args.checkpoints) < 2:
         raise PermalignError("merge needs at least two checkpoints")
+    lazy = wants_low_memory(args.low_memory, args.checkpoints)
     inputs = resolve_inputs(args, checkpoints=args.checkpoints,
-                            need_data=lambda model: has_batchnorm(model) and not args.no_bn_reset)
+                            need_data=lambda model: has_batchnorm(model) and not args.no_bn_reset,
+                            lazy=lazy)
     result = merge_many(inputs.spec, inputs.states, seed=args.seed, device=inputs.device,
                         model=inputs.model, bn_reset=not args.no_bn_reset,
                         bn_data=inputs.data.train_x if inputs.data is not None else None)

@@ -277,6 +277,11 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
                    help="skip re-estimating BatchNorm statistics of the merged model")
     p.add_argument("--out", required=True, help="merged checkpoint to write (a folder for "
                    "hf: models)")
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the checkpoints lazily (safetensors files or folders: one tensor "
+                   "at a time), match with --memory bounded and write the merged folder shard "
+                   "by shard; the same result as without it. Default: on when the checkpoints "
+                   "together hold more than 4 GiB of safetensors weights")
     add_output_args(p)
 
     from ..experiments import REGISTRY, SCALES
