@@ -35,7 +35,7 @@ import torch
 from _common import (emit, fmnist_pair, load_note, machine, table, text_pair,
                      trained_pair)
 from permalign.data import load_digits
-from permalign.interpolation import interpolation_curve
+from permalign.interpolation import Curve, interpolation_curve
 from permalign.match import weight_matching
 from permalign.permutation import apply_permutation
 
@@ -101,10 +101,13 @@ class Loaded:
         self.inputs = (data.train_x[:ACTIVATION_INPUTS],)
         self.scored = data.subset(train=pair.eval_train, test=pair.eval_test)
 
-    def barriers(self, state_b: dict) -> dict[str, float]:
-        """Barriers of the line from A to ``state_b`` on the pair's evaluation data."""
+    def curve(self, state_b: dict) -> Curve:
+        """The line from A to ``state_b`` on the pair's evaluation data."""
         return interpolation_curve(self.model, self.a, state_b, self.scored,
-                                   points=self.pair.points).barriers()
+                                   points=self.pair.points)
+
+    def barriers(self, state_b: dict) -> dict[str, float]:
+        return self.curve(state_b).barriers()
 
     def match(self, start: str, seed: int = 0):
         """Weight matching of B to A from ``start`` (group order seeded by ``seed``)."""
@@ -113,9 +116,13 @@ class Loaded:
                                inputs=self.inputs if start in ("activation", "auto") else None)
 
 
-def measure(pair: Loaded) -> tuple[list[list[object]], dict[str, tuple]]:
-    """Rows of the table for one pair, and per start (objective, barriers, seconds, won)."""
-    naive = pair.barriers(pair.b)
+def measure(pair: Loaded) -> tuple[list[list[object]], dict[str, tuple], str]:
+    """Rows of the table for one pair, per start (objective, barriers, seconds, won), and
+    the endpoints' test loss and accuracy."""
+    line = pair.curve(pair.b)
+    naive = line.barriers()
+    ends = (f"test loss A {line.test_loss[0]:.4f}, B {line.test_loss[-1]:.4f}; accuracy "
+            f"A {100 * line.test_acc[0]:.2f} %, B {100 * line.test_acc[-1]:.2f} %")
     results: dict[str, tuple] = {}
     perms: dict[str, dict] = {}
     for start in STARTS:
@@ -136,7 +143,7 @@ def measure(pair: Loaded) -> tuple[list[list[object]], dict[str, tuple]]:
              f"{bar['test_loss']:.4f}", f"{100 * bar['test_acc']:.2f}",
              f"{naive['test_loss']:.4f}", f"{seconds:.2f}"]
             for start, (objective, bar, seconds, won) in results.items()]
-    return rows, results
+    return rows, results, ends
 
 
 def spread(pair: Loaded, seeds: int) -> list[list[object]]:
@@ -200,7 +207,7 @@ def main() -> None:
         for key in keys:
             pair = PAIRS[name][key]
             loaded = Loaded(pair, args.epochs)
-            pair_rows, results = measure(loaded)
+            pair_rows, results, ends = measure(loaded)
             if args.spread > 1:
                 spreads += spread(loaded, args.spread)
             rows += pair_rows
@@ -208,7 +215,7 @@ def main() -> None:
             scored = (f"{pair.eval_train if pair.eval_train else 'all'} training / "
                       f"{pair.eval_test if pair.eval_test else 'all'} test examples")
             notes.append(f"- `{key}` ({pair.label}): trained {pair.training}; curve of "
-                         f"{pair.points} points on {scored}.")
+                         f"{pair.points} points on {scored}; endpoints: {ends}.")
         sections.append(f"### {name}\n\n" + "\n".join(notes) + "\n\n" + table(
             ["model", "init", "start kept", "objective", "/ identity", "test-loss barrier",
              "test-error barrier (points)", "naive test-loss barrier", "s"], rows))
