@@ -1,7 +1,7 @@
 """Weight matching from different starts on trained pairs: objective reached and barrier.
 
     python bench/weight_starts.py [--dataset digits,fashion-mnist,text] [--models KEY,...]
-                                  [--epochs N] [--out FILE]
+                                  [--epochs N] [--spread N] [--out FILE]
 
 For every pair, two models of one architecture are trained from seeds 0 and 1 (cached under
 ``bench/.cache``), B is weight-matched to A from each start (identity = paper Algorithm 1,
@@ -20,7 +20,9 @@ The pairs (``--dataset``, comma-separated):
 
 ``auto`` returns exactly the result of the start that won (same seed, same runs), so its curve
 is that start's curve (checked: the permutations are compared, and measured again if they
-differ); its seconds are its own (it runs every start).
+differ); its seconds are its own (it runs every start). ``--spread N`` also runs identity and
+auto with weight-matching seeds 0..N-1 (the order groups are visited in) and reports the range
+of objective and barrier: how far apart local optima of one start are.
 """
 from __future__ import annotations
 
