@@ -135,6 +135,16 @@ FORCE_HELP = ("overwrite existing output files (without it an existing file is n
               "touched; with it or without, outputs appear together or not at all)")
 
 
+def add_low_memory_arg(p: argparse.ArgumentParser, inputs: str, result: str,
+                       when: str) -> None:
+    """``--low-memory/--no-low-memory``: lazy inputs, bounded matching, shard-by-shard output."""
+    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"read {inputs} lazily (safetensors files or folders: one tensor at a "
+                   f"time), match with --memory bounded and write the {result} folder shard by "
+                   f"shard; the same result as without it. Default: on{when} when {inputs} "
+                   "together hold more than 4 GiB of safetensors weights")
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
@@ -245,11 +255,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
                    "hf: models)")
     p.add_argument("--perm-out", help="also write the permutation and its history as JSON "
                    "(written together with --out)")
-    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
-                   help="read A and B lazily (safetensors files or folders: one tensor at a "
-                   "time), match with --memory bounded and write the aligned folder shard by "
-                   "shard; the same result as without it. Default: on for weight matching when "
-                   "A and B together hold more than 4 GiB of safetensors weights")
+    add_low_memory_arg(p, "A and B", "aligned", " for weight matching")
     add_output_args(p)
 
     p = sub.add_parser("interpolate", help="loss/accuracy along the line from A to B")
@@ -277,11 +283,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
                    help="skip re-estimating BatchNorm statistics of the merged model")
     p.add_argument("--out", required=True, help="merged checkpoint to write (a folder for "
                    "hf: models)")
-    p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
-                   help="read the checkpoints lazily (safetensors files or folders: one tensor "
-                   "at a time), match with --memory bounded and write the merged folder shard "
-                   "by shard; the same result as without it. Default: on when the checkpoints "
-                   "together hold more than 4 GiB of safetensors weights")
+    add_low_memory_arg(p, "the checkpoints", "merged", "")
     add_output_args(p)
 
     from ..experiments import REGISTRY, SCALES
