@@ -35,8 +35,9 @@ def _lapjv(similarity: np.ndarray) -> np.ndarray:
 SOLVERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"scipy": _scipy, "lap": _lapjv}
 
 # From this size on LAPJV beat SciPy on every weight-matching similarity measured (1.04-1.6x at
-# n = 2048 ... 16384); below it SciPy was as fast or faster (much faster on the 512-unit
-# matrices met late in a matching run, where LAPJV took ~3.7x SciPy's time).
+# n = 2048 ... 16384); below it SciPy was faster at n = 1024 and, at n = 512, on the matrices
+# met late in a matching run (LAPJV took ~3.7x SciPy's time there), though LAPJV was 1.3x
+# faster on the first similarity of a 512-unit run.
 LAPJV_FROM = 2048
 
 
