@@ -166,3 +166,11 @@ def float_view(state: Mapping[str, torch.Tensor], keys: Iterable[str],
     keys = list(keys)
     return LazyView(lambda k: state[k].detach().to(device=device, dtype=dtype),
                     {k: shape_of(state, k) for k in keys}, dict.fromkeys(keys, dtype), device)
+
+
+def view_like(state: Mapping[str, torch.Tensor], make: Callable[[str], torch.Tensor]
+              ) -> LazyView:
+    """A :class:`LazyView` with ``state``'s keys, shapes and dtypes (read without loading)
+    whose tensors ``make(key)`` computes when asked."""
+    return LazyView(make, {k: shape_of(state, k) for k in state},
+                    {k: dtype_of(state, k) for k in state})

@@ -33,8 +33,14 @@ def selected(tensor: torch.Tensor, member: Member) -> tuple[torch.Tensor, Member
         return tensor, member
     for axis, index in reversed(member.select):  # highest axis first: lower ones keep place
         tensor = tensor.select(axis, index)
-    shift = sum(1 for axis, _ in member.select if axis < member.axis)
-    return tensor, dataclasses.replace(member, axis=member.axis - shift, select=())
+    return tensor, on_slice(member, member.select)
+
+
+def on_slice(member: Member, select: tuple[tuple[int, int], ...]) -> Member:
+    """``member`` re-expressed on the slice that ``select`` cuts out of its tensor (those axes
+    dropped, so the axes after them move down), unrestricted."""
+    return dataclasses.replace(member, axis=member.axis - sum(1 for a, _ in select
+                                                              if a < member.axis), select=())
 
 
 def unit_block(tensor: torch.Tensor, member: Member, size: int, axis: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from torch import nn
 
 from . import distributed
 from .data import batches
-from .lazy import LazyView, dtype_of, shape_of
+from .lazy import LazyView, view_like
 from .permutation import keep_metadata, permute_tensor
 from .spec import PermutationSpec
 
@@ -18,18 +18,13 @@ def lerp_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.
                lam: float) -> dict[str, torch.Tensor]:
     """``(1 - lam) * A + lam * B`` for floating tensors; integer buffers and ``_metadata``
     are taken from A."""
-    return keep_metadata({k: torch.lerp(a, state_b[k].to(a.device), lam)
-                          if a.is_floating_point() else a.clone() for k, a in state_a.items()},
-                         state_a)
+    return keep_metadata(dict(lerp_view(state_a, state_b, lam)), state_a)
 
 
 def mean_state(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Element-wise mean of several state dicts (integer buffers and ``_metadata`` from the
     first)."""
-    first = states[0]
-    return keep_metadata({k: torch.stack([s[k].to(v.device) for s in states]).mean(0)
-                          if v.is_floating_point() else v.clone() for k, v in first.items()},
-                         first)
+    return keep_metadata(dict(mean_view(states)), states[0])
 
 
 def permuted_view(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
@@ -43,23 +38,21 @@ def permuted_view(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
     def make(key: str) -> torch.Tensor:
         value = state[key]
         return permute_tensor(value, by_key[key], perm) if key in by_key else value
-    return LazyView(make, {k: shape_of(state, k) for k in state},
-                    {k: dtype_of(state, k) for k in state})
+    return view_like(state, make)
 
 
 def lerp_view(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
               lam: float) -> LazyView:
-    """:func:`lerp_state` one tensor at a time (the same bits); nothing is kept."""
+    """:func:`lerp_state` one tensor at a time; nothing is kept."""
     def make(key: str) -> torch.Tensor:
         a = state_a[key]
         return torch.lerp(a, state_b[key].to(a.device), lam) if a.is_floating_point() \
             else a.clone()
-    return LazyView(make, {k: shape_of(state_a, k) for k in state_a},
-                    {k: dtype_of(state_a, k) for k in state_a})
+    return view_like(state_a, make)
 
 
 def mean_view(states: list[Mapping[str, torch.Tensor]]) -> LazyView:
-    """:func:`mean_state` one tensor at a time (the same bits); nothing is kept."""
+    """:func:`mean_state` one tensor at a time; nothing is kept."""
     first = states[0]
 
     def make(key: str) -> torch.Tensor:
@@ -67,8 +60,7 @@ def mean_view(states: list[Mapping[str, torch.Tensor]]) -> LazyView:
         if not value.is_floating_point():
             return value.clone()
         return torch.stack([value] + [s[key].to(value.device) for s in states[1:]]).mean(0)
-    return LazyView(make, {k: shape_of(first, k) for k in first},
-                    {k: dtype_of(first, k) for k in first})
+    return view_like(first, make)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from .. import distributed, lap
 from ..errors import PermalignError, SpecError
 from ..lazy import float_view, is_lazy, stubs
-from ..permutation import (identity_permutation, permute_tensor, random_permutation, selected,
-                           unit_view)
+from ..permutation import (identity_permutation, on_slice, permute_tensor,
+                           random_permutation, selected, unit_view)
 from ..spec import Member, Permutation, PermutationSpec
 from ..statedict import float_state, permuted_view
 from ..threads import matmul_nt, torch_threads
@@ -81,8 +81,7 @@ def _on_slice(member: Member, others: Others) -> Others:
         if m.select and m.select != member.select:
             raise SpecError(f"{m.describe()} and {member.describe()} select different axes "
                             "of one tensor; weight matching supports one selection per tensor")
-        out.append((name, Member(m.key, m.axis - sum(1 for a in chosen if a < m.axis),
-                                 m.offset, m.outer, m.inner, m.partial)))
+        out.append((name, on_slice(m, member.select)))
     return tuple(out)
 
 
