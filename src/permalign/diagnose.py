@@ -108,7 +108,7 @@ def planted_self_test(spec: PermutationSpec, state: StateDict, *, seed: int = 0
     planted = random_permutation(spec, torch.Generator().manual_seed(seed))
     shuffled = apply_permutation(spec, planted, state)
     found = weight_matching(spec, state, shuffled, seed=seed)
-    truth = invert(planted)
+    truth = invert(planted, spec)
     units = sum(g.size for g in spec.groups.values())
     right = sum(int((found.perm[n] == truth[n]).sum()) for n in spec.groups)
     best = matching_objective(spec, state, shuffled, truth)

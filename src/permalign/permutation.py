@@ -95,9 +95,21 @@ def random_permutation(spec: PermutationSpec, generator: torch.Generator | None 
     return {n: torch.randperm(g.size, generator=generator) for n, g in spec.groups.items()}
 
 
-def invert(perm: Mapping[str, torch.Tensor]) -> Permutation:
-    """The inverse permutation: ``apply(invert(p), apply(p, sd)) == sd``."""
-    return {n: torch.argsort(torch.as_tensor(p)) for n, p in perm.items()}
+def invert(perm: Mapping[str, torch.Tensor], spec: PermutationSpec | None = None
+           ) -> Permutation:
+    """The inverse permutation: ``apply(invert(p, spec), apply(p, sd)) == sd``.
+
+    Without carriers (:meth:`PermutationSpec.carried`) every group inverts on its own and
+    ``spec`` may be omitted. A carried slot's permutation acts on the slice that lands in it,
+    so the inverse's slot ``j`` undoes the slot that slice ``j`` was moved to: it needs
+    ``spec``.
+    """
+    out = {n: torch.argsort(torch.as_tensor(p)) for n, p in perm.items()}
+    for carrier, carried in (spec.carried() if spec is not None else {}).items():
+        back = out[carrier]  # slice j went to slot back[j]
+        for j, name in enumerate(carried.slots):
+            out[name] = torch.argsort(torch.as_tensor(perm[carried.slots[int(back[j])]]))
+    return out
 
 
 def perm_to_json(perm: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
@@ -149,8 +161,8 @@ def permute_tensor(tensor: torch.Tensor, entries: Iterable[tuple[str, Member]],
                    perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``tensor`` with the permutations of ``entries`` (``(group, member)`` pairs acting on
     it) applied; ``tensor`` itself is not modified. Whole-axis members gather along their
-    axes; a restricted member gathers within its slice (a spec never permutes an axis that a
-    member selects on, so the order of the two does not matter)."""
+    axes first; then a restricted member gathers within its slice, the slice now at its index
+    (a carried slot acts on whichever slice its carrier moved there)."""
     entries = list(entries)
     for axis, idx in _tensor_indices(tensor, entries, perm).items():
         tensor = torch.index_select(tensor, axis, idx)
@@ -258,14 +270,16 @@ def permute_in_place(model: torch.nn.Module, spec: PermutationSpec,
 def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: Any, *,
                example_kwargs: dict[str, Any] | None = None, atol: float = 1e-5,
                rtol: float = 1e-4, generator: torch.Generator | None = None,
-               trials: int = 1, float64: bool = True, relative: float = 1e-6) -> float:
+               trials: int = 1, float64: bool = True, relative: float = 1e-6,
+               permutations: Iterable[Mapping[str, torch.Tensor]] | None = None) -> float:
     """Permute every group at random and raise SpecError if the model's outputs change.
 
     With ``float64`` (default) the check runs on a float64 copy of the model and inputs where
     the model allows it, and every output must agree to ``relative`` times its largest
     magnitude: float32 round-off (~1e-6 relative) would hide small real changes (a permuted
     position-index buffer). Where the model does not run in float64 the comparison is in its
-    own dtype with ``atol``/``rtol``; ``atol=math.inf`` only measures (never raises). Returns
+    own dtype with ``atol``/``rtol``; ``atol=math.inf`` only measures (never raises).
+    ``permutations``, when given, are checked instead of ``trials`` random ones. Returns
     the largest absolute output difference seen; ``model`` itself is not modified.
 
     Every forward runs on a fresh copy (some models cache tensors derived from their weights
@@ -288,8 +302,9 @@ def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: An
     if not exact:
         reference = _reference_outputs(model, None, example_inputs, kwargs)
     worst = 0.0
-    for _ in range(trials):
-        perm = random_permutation(spec, generator)
+    if permutations is None:
+        permutations = (random_permutation(spec, generator) for _ in range(trials))
+    for perm in permutations:
         work = _eval_copy(model, dtype)
         permute_in_place(work, spec, perm)
         permuted = _flat_outputs(work(*example_inputs, **kwargs))

@@ -16,8 +16,16 @@ must cover the whole axis, which is what catches a wrong group size.
 A member may be *restricted* to one index of other axes of its tensor: ``select = ((0, e),)``
 on axis 1 of a ``(experts, inner, hidden)`` tensor means the units are ``tensor[e, :, ...]``'s
 axis 1 only (one expert's hidden units, a group of its own). The layout fields then describe
-the axis within that slice. An axis that a member selects on may not itself be permuted by any
-group (the experts stay in place while each expert's units move).
+the axis within that slice.
+
+An axis that members select on may itself be permuted by one group, the *carrier* (the experts
+axis: the router's rows and every expert tensor's axis 0), when the restricted groups form a
+full set of *slots*: one group per index ``e`` of that axis, all alike but for the index, each
+member selecting only on an axis the carrier permutes. The carrier then moves whole slices and
+slot ``e``'s permutation acts on whatever slice lands at index ``e``: applying a permutation
+gathers the carrier's axis first, then permutes within each slot (:func:`~permalign.permutation.
+permute_tensor`). :meth:`PermutationSpec.carried` finds these sets and refuses any other mix of
+selected and permuted axes.
 """
 from __future__ import annotations
 
@@ -130,6 +138,21 @@ class Group:
     members: list[Member] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Carried:
+    """Groups moved along with a carrier group's slices: ``slots[e]`` is the group restricted
+    to index ``e`` of the carrier's axis (expert ``e``'s units, when the experts permute)."""
+
+    carrier: str
+    slots: tuple[str, ...]
+
+
+def _pattern(member: Member) -> Member:
+    """``member`` with its selected indices blanked: slots of one carrier compare equal."""
+    return Member(member.key, member.axis, member.offset, member.outer, member.inner,
+                  member.partial, tuple((a, 0) for a, _ in member.select))
+
+
 @dataclass
 class PermutationSpec:
     """The permutation symmetries of a model, keyed by state_dict names.
@@ -168,7 +191,7 @@ class PermutationSpec:
     # ------------------------------------------------------------- validation
     def validate(self, state_dict: StateDict) -> None:
         """Raise SpecError naming the first member that does not fit ``state_dict``."""
-        permuted = {(m.key, m.axis) for g in self.groups.values() for m in g.members}
+        self.carried()  # selected and permuted axes fit together (structure only)
         for name, group in self.groups.items():
             if group.size < 1:
                 raise SpecError(f"spec group {name!r} has size {group.size}; sizes must be >= 1")
@@ -184,7 +207,7 @@ class PermutationSpec:
                 if not 0 <= m.axis < len(shape):
                     raise SpecError(f"spec group {name!r}: {m.key!r} has {len(shape)} axes, "
                                     f"no axis {m.axis}")
-                self._validate_select(name, m, shape, permuted)
+                self._validate_select(name, m, shape)
                 length = shape[m.axis]
                 if m.is_plain and length != group.size:
                     raise SpecError(f"spec group {name!r} has size {group.size} but {m.key!r} axis "
@@ -199,9 +222,8 @@ class PermutationSpec:
                                     f"exceeds length {length}")
 
     @staticmethod
-    def _validate_select(name: str, m: Member, shape: tuple[int, ...],
-                         permuted: set[tuple[str, int]]) -> None:
-        """A restricted member selects in range, on other axes, which no group permutes."""
+    def _validate_select(name: str, m: Member, shape: tuple[int, ...]) -> None:
+        """A restricted member selects in range, on other axes than its own."""
         for axis, index in m.select:
             if axis == m.axis or not 0 <= axis < len(shape):
                 raise SpecError(f"spec group {name!r}: {m.key!r} select axis {axis} must be "
@@ -209,10 +231,59 @@ class PermutationSpec:
             if not 0 <= index < shape[axis]:
                 raise SpecError(f"spec group {name!r}: {m.key!r} select index {index} is out "
                                 f"of range for axis {axis} of length {shape[axis]}")
-            if (m.key, axis) in permuted:
-                raise SpecError(f"spec group {name!r}: {m.key!r} axis {axis} is both selected "
-                                "on and permuted; a spec cannot permute the slices that a "
-                                "restricted member picks (e.g. experts and each expert's units)")
+
+    def carried(self) -> dict[str, Carried]:
+        """``carrier name -> Carried`` for every group that permutes an axis other groups'
+        members select on; SpecError if such an axis does not fit the carrier pattern (a
+        single plain carrier on it, one slot group per index, slots alike but for the index,
+        every slot member selecting once on an axis of the same carrier)."""
+        permuted: dict[tuple[str, int], list[tuple[str, Member]]] = {}
+        for name, group in self.groups.items():
+            for m in group.members:
+                permuted.setdefault((m.key, m.axis), []).append((name, m))
+        slots: dict[str, dict[int, str]] = {}
+        for name, group in self.groups.items():
+            seats = set()
+            for m in group.members:
+                for axis, index in m.select:
+                    movers = permuted.get((m.key, axis), [])
+                    if not movers:
+                        continue
+                    if len(movers) > 1 or not movers[0][1].is_plain or len(m.select) > 1:
+                        raise SpecError(
+                            f"spec group {name!r}: {m.key!r} axis {axis} is both selected on "
+                            "and permuted, but not as one carrier group moving whole slices "
+                            "(one plain member per tensor, each slot member selecting once)")
+                    seats.add((movers[0][0], index))
+            if not seats:
+                continue
+            carriers = {c for c, _ in seats}
+            if len(seats) > 1 or any(not m.select or (m.key, m.select[0][0]) not in permuted
+                                     for m in group.members):
+                raise SpecError(f"spec group {name!r} is carried by {sorted(carriers)} only in "
+                                "part: every member of a slot group must select the same index "
+                                "of an axis its carrier permutes")
+            (carrier, index), = seats
+            if index in slots.setdefault(carrier, {}):
+                raise SpecError(f"spec groups {slots[carrier][index]!r} and {name!r} both sit "
+                                f"at index {index} of carrier {carrier!r}; one slot per index")
+            slots[carrier][index] = name
+        out = {}
+        for carrier, seated in slots.items():
+            size = self.groups[carrier].size
+            if sorted(seated) != list(range(size)):
+                raise SpecError(f"carrier group {carrier!r} moves {size} slices but slot groups "
+                                f"sit at indices {sorted(seated)}; give every index a group")
+            order = tuple(seated[e] for e in range(size))
+            first = self.groups[order[0]]
+            shape = (first.size, sorted(map(_pattern, first.members), key=repr))
+            for name in order[1:]:
+                group = self.groups[name]
+                if (group.size, sorted(map(_pattern, group.members), key=repr)) != shape:
+                    raise SpecError(f"slot groups {order[0]!r} and {name!r} of carrier "
+                                    f"{carrier!r} differ in more than the index they select")
+            out[carrier] = Carried(carrier, order)
+        return out
 
     def validate_permutation(self, perm: Mapping[str, torch.Tensor]) -> None:
         """Raise SpecError unless ``perm`` holds one valid permutation per group: integer
@@ -285,8 +356,11 @@ class PermutationSpec:
     def describe(self) -> str:
         """Readable listing of groups (name, size, members) and fixed axes."""
         lines = [f"{len(self.groups)} permutation groups"]
+        carried = self.carried()
         for name, g in self.groups.items():
-            lines.append(f"  {name}  size={g.size}")
+            moves = (f"  (moves whole slices, carrying {len(carried[name].slots)} slot groups "
+                     f"{carried[name].slots[0]} ...)" if name in carried else "")
+            lines.append(f"  {name}  size={g.size}{moves}")
             lines += [f"      {m.describe()}" for m in g.members]
         if self.fixed:
             lines.append(f"{len(self.fixed)} fixed axes")

@@ -73,7 +73,7 @@ def run(cfg: ExperimentConfig, sizes: Sizes) -> ExperimentResult:
         for trial in range(trials):
             perm = random_permutation(spec, torch.Generator().manual_seed(1000 + trial))
             b = apply_permutation(spec, perm, a)
-            truth = invert(perm)
+            truth = invert(perm, spec)
             best = matching_objective(spec, a, b, truth)
             for name, res in _strategies(spec, model, a, b, small, trial, cfg.device).items():
                 found = res.perm

@@ -207,6 +207,23 @@ class AxisAlgebra:
             self.fix(t, "reshape regroups axes in a way that cannot be tracked")
 
     # ------------------------------------------------------------------ slicing
+    def strided(self, t: Term, start: int, end: int, step: int) -> Term:
+        """The term of ``axis[start:end:step]``.
+
+        Taking one index in every ``step`` across the whole axis (interleaved gate and up
+        projections, ``x[..., 0::2]`` and ``x[..., 1::2]``) reads the axis as ``(units,
+        step)`` row-major and keeps component ``start`` of the second factor: the result's
+        units are the first factor's, in order. Any other strided slice is fixed.
+        """
+        n = self.size(t)
+        units = n // step if step > 0 else 0
+        if step < 1 or n % step or not 0 <= start < step or len(range(start, end, step)) != units:
+            self.fix(t, "strided slice")
+            return self.atom(len(range(start, end, max(step, 1))), fixed="strided slice")
+        unit, component = self.atom(units), self.atom(step)
+        self.unify(t, Prod((unit, component)))
+        return self.normalize(Prod((unit, self.slice(component, start, start + 1))))
+
     def slice(self, t: Term, start: int, end: int) -> Term:
         """The term of ``axis[start:end]``; refines atoms into concatenations as needed."""
         t = self.normalize(t)

@@ -231,6 +231,8 @@ def infer_spec(model: nn.Module, example_inputs: Any, *,
     ``example_inputs`` (a tensor or tuple) and ``example_kwargs`` are what the model is called
     with. Axes touching inputs or outputs are fixed; ops without a rule raise SpecError naming
     the op and where it came from. With ``check`` the result is verified by :func:`check_spec`.
+    Mixture-of-experts layers get a carrier group for the experts axis where a forward pass
+    confirms it (:mod:`permalign.infer.carriers`), whatever ``check`` says.
     ``extra_rules`` adds or overrides op rules for this call (see ``register_rule``).
     """
     if not isinstance(example_inputs, tuple):
@@ -245,6 +247,9 @@ def infer_spec(model: nn.Module, example_inputs: Any, *,
         for module, training in modes.items():
             module.training = training
     spec.validate(model.state_dict())
+    if any(m.select for g in spec.groups.values() for m in g.members):
+        from .carriers import add_expert_carriers  # experts relabelled with their router
+        spec = add_expert_carriers(model, spec, example_inputs, kwargs)
     if check:
         from ..permutation import check_spec
         check_spec(model, spec, example_inputs, example_kwargs=kwargs, atol=1e-4, rtol=1e-3)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed, lap
 from ..data import Dataset, batches
-from ..errors import PermalignError
+from ..errors import PermalignError, SpecError
 from ..sites import consumer_sites, feature_dim, record_inputs
 from ..permutation import apply_permutation, unit_view
 from ..spec import PermutationSpec
@@ -146,6 +146,12 @@ def activation_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                              "(pass --dataset)")
     if cost not in ("correlation", "cross_moment"):
         raise PermalignError(f"unknown activation cost {cost!r}; use correlation or cross_moment")
+    per_expert = next((n for n, g in spec.groups.items() if any(m.select for m in g.members)),
+                      None)
+    if per_expert is not None:
+        raise SpecError(f"activation matching cannot observe group {per_expert!r}: its units "
+                        "belong to one expert (mixture of experts), and moving experts needs "
+                        "the nested weight-matching step; use --method weight")
     start = time.perf_counter()
     x = data.train_x if num_examples is None else data.train_x[:num_examples]
     moments = activation_statistics(spec, model, state_a, state_b, x, batch_size=batch_size,

@@ -27,6 +27,7 @@ from .. import lap
 from ..errors import PermalignError
 from ..permutation import identity_permutation, random_permutation
 from ..spec import Permutation, PermutationSpec
+from ..statedict import permuted_view
 from .base import MatchResult, default_similarity_key
 from .invariants import sorted_similarity
 
@@ -62,11 +63,32 @@ def sorted_start(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
                  state_b: Mapping[str, torch.Tensor], *, solver: str = "auto",
                  similarity_keys: Callable[[str], bool] | None = None, **_: Any
                  ) -> Permutation:
-    """One assignment per group on the similarity of sorted weight rows."""
+    """One assignment per group on the similarity of sorted weight rows (carried slots after
+    their carriers, against the slice each carrier put in their place)."""
     use_key = similarity_keys or default_similarity_key
-    return {name: torch.as_tensor(lap.solve(sorted_similarity(
+    perm = {name: torch.as_tensor(lap.solve(sorted_similarity(
         spec, name, state_a, state_b, use_key).numpy(), solver), dtype=torch.long)
         for name in spec.groups}
+    return seat_carried(spec, perm, state_a, state_b, solver=solver, use_key=use_key)
+
+
+def seat_carried(spec: PermutationSpec, perm: Permutation, state_a: Mapping[str, torch.Tensor],
+                 state_b: Mapping[str, torch.Tensor], *, solver: str = "auto",
+                 use_key: Callable[[str], bool] = default_similarity_key) -> Permutation:
+    """``perm`` with every carried slot group re-matched by sorted weights against the slice
+    its carrier's permutation puts in its place (a start that matched each slot against B's
+    slice of the same index, before the slices moved, would pair the wrong experts' units)."""
+    carried = spec.carried()
+    if not carried:
+        return perm
+    carriers = PermutationSpec({n: spec.groups[n] for n in carried})
+    moved = permuted_view(carriers, {n: perm[n] for n in carried}, state_b)
+    out = dict(perm)
+    for group in carried.values():
+        for name in group.slots:
+            out[name] = torch.as_tensor(lap.solve(sorted_similarity(
+                spec, name, state_a, moved, use_key).numpy(), solver), dtype=torch.long)
+    return out
 
 
 @start("activation")
@@ -79,8 +101,9 @@ def activation_start(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
         raise PermalignError("the activation start needs the model and example inputs")
     from .observe import activation_similarities
     sims = activation_similarities(model, spec, state_a, state_b, inputs, input_kwargs or {})
-    return {name: torch.as_tensor(lap.solve(sim.numpy(), solver), dtype=torch.long)
+    perm = {name: torch.as_tensor(lap.solve(sim.numpy(), solver), dtype=torch.long)
             for name, sim in sims.items()}
+    return seat_carried(spec, perm, state_a, state_b, solver=solver)
 
 
 def resolve_starts(init: str | Sequence[str], *, has_inputs: bool) -> list[str]:

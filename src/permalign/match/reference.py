@@ -13,6 +13,7 @@ import torch
 
 from .. import lap
 from ..permutation import identity_permutation, permute_tensor, unit_view
+from ..errors import SpecError
 from ..spec import Member, PermutationSpec
 from .base import MatchResult
 from .base import default_similarity_key
@@ -30,7 +31,12 @@ def weight_matching_reference(spec: PermutationSpec, state_a: Mapping[str, torch
                               state_b: Mapping[str, torch.Tensor], *, seed: int = 0,
                               max_iter: int = 100, init=None, solver: str = "scipy"
                               ) -> MatchResult:
-    """Algorithm 1 written out directly (no caching); for tests and benchmarks."""
+    """Algorithm 1 written out directly (no caching); for tests and benchmarks. Specs with
+    carrier groups (experts that move, :meth:`PermutationSpec.carried`) are refused: the
+    literal algorithm has no nested step for them."""
+    if spec.carried():
+        raise SpecError("the reference weight matching has no nested step for carrier groups "
+                        f"({', '.join(spec.carried())}); use weight_matching")
     perm = {n: torch.as_tensor(p) for n, p in (init or identity_permutation(spec)).items()}
     a = {k: v.float() for k, v in state_a.items() if v.is_floating_point()}
     b = {k: v.float() for k, v in state_b.items() if v.is_floating_point()}

@@ -27,6 +27,7 @@ by rows over a few Python threads, which gives the same bits (see :mod:`permalig
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,11 +58,16 @@ def permuted_rows(tensor: torch.Tensor, member: Member, size: int, others: Other
 
     Plain members gather on the moved view, so the result comes out contiguous in one copy.
     A restricted member (one expert's units) reads only its slice, where only the others on
-    the same slice or on the whole tensor act.
+    the same slice or on the whole tensor act. When a carrier moves the slices (the experts
+    themselves permute), the slice read is the one the carrier puts at the member's index.
     """
     if member.select:
-        tensor, inside = selected(tensor, member)
-        return permuted_rows(tensor, inside, size, _on_slice(member, others), perm)
+        movers = {m.axis: name for name, m in others
+                  if not m.select and m.axis in dict(member.select)}
+        at = tuple((a, int(perm[movers[a]][i]) if a in movers else i) for a, i in member.select)
+        tensor, inside = selected(tensor, dataclasses.replace(member, select=at))
+        rest = tuple((n, m) for n, m in others if m.select or m.axis not in movers)
+        return permuted_rows(tensor, inside, size, _on_slice(member, rest), perm)
     if member.is_plain and all(m.is_plain and m.axis != member.axis for _, m in others):
         t = tensor.movedim(member.axis, 0)  # (size, *rest): a view
         for name, m in others:
@@ -190,6 +196,7 @@ class _Matcher:
         # one tensor; then accepted gains add up to the objective and no full pass is needed
         self.linear = all(len({n for n, _ in e}) == len(e) for e in by_key.values())
         self.a = a
+        self.carried = spec.carried()
         self.value = self.full_objective()
         self.solves = 0
         self.updates = 0  # similarities brought up to date incrementally
@@ -280,6 +287,67 @@ class _Matcher:
             sim += matmul_nt(a, b, self.threads).double()
             del a, b
         return sim
+
+    def solve_carrier(self, name: str) -> bool:
+        """The nested step of a carrier group (the experts, carrying each expert's units).
+
+        Pairing A's slice ``i`` with B's slice ``j`` is worth the best matching of their slot
+        units: ``C[i, j] = <A_i, B_j>`` over the carrier's tensors with the slot units
+        unpermuted, minus the slot units' part of that (the trace of ``S_ij``), plus the
+        assignment value of ``S_ij``, the slot units' similarity (other groups as they stand).
+        One assignment over ``C`` then moves the slices, and each slot takes its pair's best
+        unit matching. That is ``E**2`` assignments of the slot size plus one of size ``E``.
+        Returns whether the objective rose (then every moved permutation is set).
+        """
+        carried, size = self.carried[name], self.spec.groups[name].size
+        units = self.spec.groups[carried.slots[0]].size
+        start = time.perf_counter()
+        raw = torch.zeros(size, size, dtype=torch.float64)  # (E, E): slot units unpermuted
+        for block in self.blocks[name]:
+            plain_others = tuple((n, m) for n, m in block.others if not m.select)
+            raw += matmul_nt(unit_view(self.a[block.key], block.member, size),
+                             permuted_rows(self.b[block.key], block.member, size, plain_others,
+                                           self.perm), self.threads).double().cpu()
+        # slot patterns, in one order for every slot: A's rows of slot i, B's of slice j
+        patterns = [sorted(self.blocks[slot], key=lambda b: repr(b.member))
+                    for slot in carried.slots]
+        a_rows = [torch.cat([unit_view(self.a[b.key], b.member, units) for b in blocks], 1)
+                  for blocks in patterns]  # E x (units, D)
+        b_rows = []
+        for j in range(size):  # slice j of B, read through slot 0's pattern
+            parts = []
+            for b in patterns[0]:
+                at = tuple((a, j) for a, _ in b.member.select)
+                plain_others = tuple((n, m) for n, m in b.others
+                                     if not m.select and (n != name))
+                parts.append(permuted_rows(self.b[b.key], dataclasses.replace(
+                    b.member, select=at), units, plain_others, self.perm))
+            b_rows.append(torch.cat(parts, 1))  # (units, D)
+        self.time_similarity += time.perf_counter() - start
+        cost = raw.numpy().copy()
+        best: dict[tuple[int, int], np.ndarray] = {}
+        old_perm = self.perm[name].cpu().numpy()
+        old_value = 0.0
+        rows = np.arange(units)
+        for i in range(size):
+            for j in range(size):
+                start = time.perf_counter()
+                sim = matmul_nt(a_rows[i], b_rows[j], self.threads).double().cpu().numpy()
+                self.time_similarity += time.perf_counter() - start
+                best[(i, j)] = self.assign(sim)
+                cost[i, j] += sim[rows, best[(i, j)]].sum() - np.trace(sim)
+                if j == old_perm[i]:
+                    now = self.perm[carried.slots[i]].cpu().numpy()
+                    old_value += raw[i, j].item() - np.trace(sim) + sim[rows, now].sum()
+        new = self.assign(cost)
+        new_value = cost[np.arange(size), new].sum()
+        if not new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
+            return False
+        device = self.perm[name].device
+        self.set_perm(name, torch.as_tensor(new, device=device), float(new_value - old_value))
+        for i, slot in enumerate(carried.slots):
+            self.set_perm(slot, torch.as_tensor(best[(i, int(new[i]))], device=device), 0.0)
+        return True
 
     def assign(self, sim: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -400,6 +468,10 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                 bar.update(1)
                 if skip_unchanged and matcher.current[name]:
                     skipped += 1  # same similarity as at its last solve: same answer
+                    continue
+                if name in matcher.carried:  # the experts and their units together
+                    improved |= matcher.solve_carrier(name)
+                    matcher.current[name] = True
                     continue
                 sim = matcher.similarity(name)
                 old = matcher.perm[name].cpu().numpy()

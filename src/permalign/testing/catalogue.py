@@ -282,10 +282,50 @@ TRANSFORMERS = [
         "MixtralForCausalLM", "MixtralConfig", **ENC, num_key_value_heads=2,
         num_local_experts=4, num_experts_per_tok=2, **LM), tokens(use_cache=False),
         ("mixture-of-experts", "gqa", "rotary"),
-        # each expert's hidden units (one group per expert) and the residual stream
+        # each expert's hidden units (one group per expert), the residual stream, and the
+        # experts themselves with the router's rows (a carrier group)
         free=("model.layers.0.mlp.experts.gate_up_proj:1",
               "model.layers.1.mlp.experts.down_proj:2",
-              "model.layers.0.mlp.experts.gate_up_proj:2")),
+              "model.layers.0.mlp.experts.gate_up_proj:2",
+              "model.layers.0.mlp.gate.weight:0", "model.layers.1.mlp.experts.down_proj:0")),
+    Case("transformers/qwen2_moe", "moe", _hf(
+        "Qwen2MoeForCausalLM", "Qwen2MoeConfig", **ENC, num_key_value_heads=2, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+        decoder_sparse_step=1, **LM), tokens(use_cache=False),
+        ("mixture-of-experts", "shared-expert", "gqa", "rotary"),
+        free=("model.layers.0.mlp.gate.weight:0", "model.layers.0.mlp.experts.down_proj:0",
+              "model.layers.1.mlp.shared_expert.up_proj.weight:0")),
+    Case("transformers/qwen3_moe", "moe", _hf(
+        "Qwen3MoeForCausalLM", "Qwen3MoeConfig", **ENC, num_key_value_heads=2, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8, **LM),
+        tokens(use_cache=False), ("mixture-of-experts", "qk-norm", "gqa", "rotary"),
+        free=("model.layers.0.mlp.gate.weight:0", "model.layers.0.mlp.experts.gate_up_proj:1")),
+    Case("transformers/olmoe", "moe", _hf(
+        "OlmoeForCausalLM", "OlmoeConfig", **ENC, num_key_value_heads=2, num_experts=4,
+        num_experts_per_tok=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, **LM),
+        tokens(use_cache=False), ("mixture-of-experts", "qk-norm", "rotary"),
+        free=("model.layers.1.mlp.gate.weight:0", "model.layers.1.mlp.experts.gate_up_proj:0")),
+    # group-limited routing (n_group > 1): experts may only move within their group, which a
+    # carrier group cannot express, so the experts axis stays fixed (each expert's units move)
+    Case("transformers/deepseek_v3", "moe", _hf(
+        "DeepseekV3ForCausalLM", "DeepseekV3Config", hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, intermediate_size=64,
+        moe_intermediate_size=16, n_routed_experts=4, n_shared_experts=1,
+        num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+        q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **LM),
+        tokens(use_cache=False), ("mixture-of-experts", "group-limited-routing", "mla"),
+        free=("model.layers.1.mlp.experts.gate_up_proj:1",)),
+    # interleaved gate/up columns (x[..., ::2], x[..., 1::2]); experts picked in a Python loop
+    # by data-dependent indices, so all experts' units share one group
+    Case("transformers/gpt_oss", "moe", _hf(
+        "GptOssForCausalLM", "GptOssConfig", hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=16,
+        num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], **LM), tokens(use_cache=False),
+        ("mixture-of-experts", "interleaved-gate-up", "attention-sinks"),
+        free=("model.layers.0.mlp.experts.gate_up_proj:2",
+              "model.layers.0.mlp.experts.down_proj:1")),
     # full widths as published (slow): coordinate descent from the identity gets stuck more
     # often as groups grow
     Case("transformers/deit-tiny-full", "vision-transformer", _hf(

@@ -130,7 +130,7 @@ def planted_match(spec: PermutationSpec, state: StateDict, start: str, *, seed: 
     """Weight-match ``state`` against a copy permuted at random (``planted_seed``)."""
     planted = random_permutation(spec, torch.Generator().manual_seed(planted_seed))
     state_b = apply_permutation(spec, planted, state)
-    best = matching_objective(spec, state, state_b, invert(planted))
+    best = matching_objective(spec, state, state_b, invert(planted, spec))
     began = time.perf_counter()
     result = weight_matching(spec, state, state_b, init=start, seed=seed, **context)
     seconds = time.perf_counter() - began

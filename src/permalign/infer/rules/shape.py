@@ -127,7 +127,7 @@ def _take_range(ctx: Context, args: dict[str, Any], d: int, start: int, end: int
         if i != d:
             ctx.unify(a, b)
         elif step not in (1, None):
-            ctx.fix_all([a, b], "strided slice")
+            ctx.unify(b, ctx.alg.strided(a, start, end, int(step)))
         else:
             ctx.unify(b, ctx.slice(a, start, end))
 
