@@ -264,3 +264,30 @@ def test_unchanged_without_experts():
                           nn.Linear(6, 2)).eval()
     spec = infer_spec(model, torch.randn(3, 4))
     assert not spec.carried() and len(spec.groups) == 2
+
+
+def test_merge_many_first_round_uses_the_default_start():
+    """MergeMany of a Mixtral and a copy with experts and units shuffled gives back one of the
+    two (either unit order): its first round starts each model from ``auto``; from the
+    identity (the paper's MergeMany, ``init="identity"``) it averages misaligned units here."""
+    transformers = pytest.importorskip("transformers")
+    from permalign.merge import merge_many
+    config = transformers.MixtralConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=50,
+        max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(config).eval()
+    spec = infer_spec(model, torch.randint(3, 50, (2, 8), generator=torch.Generator()
+                                           .manual_seed(0)), example_kwargs={"use_cache": False})
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    planted = random_permutation(spec, torch.Generator().manual_seed(1))
+    for carrier in spec.carried():
+        planted[carrier] = torch.roll(planted[carrier], 1)
+    shuffled = apply_permutation(spec, planted, state)
+
+    def recovered(merged) -> bool:
+        return any(all(torch.allclose(merged[k], s[k], atol=1e-6) for k in state)
+                   for s in (state, shuffled))
+    assert recovered(merge_many(spec, [state, shuffled]).merged)
+    assert not recovered(merge_many(spec, [state, shuffled], init="identity").merged)

@@ -34,6 +34,12 @@ def configs():
                                           intermediate_size=64, vocab_size=BYTE_VOCAB,
                                           max_position_embeddings=32, bos_token_id=0,
                                           eos_token_id=0),
+        "mixtral": transformers.MixtralConfig(num_hidden_layers=2, hidden_size=32,
+                                              num_attention_heads=4, num_key_value_heads=2,
+                                              intermediate_size=32, num_local_experts=4,
+                                              num_experts_per_tok=2, vocab_size=BYTE_VOCAB,
+                                              max_position_embeddings=32, bos_token_id=0,
+                                              eos_token_id=0),
         "vit": transformers.ViTConfig(num_hidden_layers=2, hidden_size=32,
                                       num_attention_heads=4, intermediate_size=64,
                                       image_size=8, patch_size=4, num_channels=1,
@@ -42,7 +48,7 @@ def configs():
 
 
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
-           "vit": "ViTForImageClassification"}
+           "mixtral": "MixtralForCausalLM", "vit": "ViTForImageClassification"}
 
 
 def save_random(folder, name: str, seed: int):
@@ -84,7 +90,7 @@ def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "vit"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mixtral", "vit"])
 def test_align_writes_a_folder_that_from_pretrained_loads(folders, tmp_path, capsys, name):
     """align A B --model hf:A writes a complete folder; loaded with from_pretrained it gives
     B's outputs (a permutation changes no function) with weights moved towards A's."""
@@ -187,6 +193,42 @@ def test_merge_of_permuted_copies_gives_the_model_back(folders, tmp_path, capsys
     with torch.no_grad():
         torch.testing.assert_close(call(load(out), "gpt2"), call(load(a), "gpt2"), atol=1e-4,
                                    rtol=1e-3)
+
+
+def test_mixture_of_experts_folder_in_its_stored_layout(folders, tmp_path, capsys):
+    """Mixtral stores one tensor per expert (``block_sparse_moe.experts.N.w1``) where the
+    model stacks them: the folder is read through transformers' conversion and written back in
+    the stored layout. A copy with its experts shuffled (a carrier group) merges with the
+    original into the original's function; --low-memory refuses the layout in one line."""
+    a, _ = folders("mixtral")
+    model = hf.build_model(a)
+    assert hf.converts(model)
+    args, kwargs = hf.example_inputs(model)
+    spec = infer_spec(model, args, example_kwargs=kwargs)
+    assert len(spec.carried()) == 2  # the experts of both layers move with their routers
+    planted = random_permutation(spec, torch.Generator().manual_seed(1))
+    for carrier in spec.carried():
+        planted[carrier] = torch.roll(planted[carrier], 1)  # surely moved
+    shuffled = apply_permutation(spec, planted, model.state_dict())
+    copy = hf.save_folder(tmp_path / "shuffled", hf.stored_state(model, shuffled), a, card="")
+    stored = set(hf.stored_layout(a))
+    assert stored == set(hf.stored_layout(copy))
+    assert any(".experts.3.w1." in name for name in stored)
+    with torch.no_grad():
+        torch.testing.assert_close(call(load(copy), "mixtral"), call(load(a), "mixtral"),
+                                   atol=1e-5, rtol=1e-4)
+    out = tmp_path / "merged"
+    code = main(["merge", str(a), str(copy), "--model", f"hf:{a}", "--out", str(out),
+                 "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    with torch.no_grad():  # (the merge may keep either model's unit order)
+        torch.testing.assert_close(call(load(out), "mixtral"), call(load(a), "mixtral"),
+                                   atol=1e-5, rtol=1e-4)
+    code = main(["align", str(a), str(copy), "--model", f"hf:{a}", "--out",
+                 str(tmp_path / "lazy"), "--low-memory", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--low-memory" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "lazy").exists()
 
 
 def test_example_inputs_follow_the_config(folders):

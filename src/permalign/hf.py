@@ -16,6 +16,11 @@ tensor when it is asked for) from safetensors.
 - :func:`tokenizer`: the folder's tokenizer as a ``text -> ids`` function, if it has one.
 - :func:`save_folder`: a complete folder that ``from_pretrained`` loads: the config and
   tokenizer files copied, sharded safetensors with the standard index, and a model card.
+
+Where transformers stores a model's tensors split or fused (:func:`converts`: Mixtral and
+other mixture-of-experts models keep one tensor per expert on disk, stacked in the model),
+the folder is read through ``from_pretrained`` (safetensors only) and written from
+:func:`stored_state`, the layout ``save_pretrained`` writes; such folders are not read lazily.
 """
 from __future__ import annotations
 
@@ -76,6 +81,7 @@ def _transformers():
                              f"cannot be imported here ({exc}); pip install transformers"
                              ) from None
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # ("Loading weights" bars)
     return transformers
 
 
@@ -124,8 +130,9 @@ def build_model(folder: str | Path, *, seed: int = 0, load_weights: bool = True)
 def fill_model(model: nn.Module, folder: str | Path) -> None:
     """Copy the folder's weights into ``model``: from safetensors one tensor at a time
     (:func:`lazy_state`; nothing but the model and one tensor in memory), from ``.bin`` files
-    through :func:`load_state` and ``load_state_dict``."""
-    if any(path.suffix != ".safetensors" for path in weight_files(folder)):
+    and layouts that transformers converts (:func:`converts`) through :func:`load_state` and
+    ``load_state_dict``."""
+    if converts(model) or any(path.suffix != ".safetensors" for path in weight_files(folder)):
         model.load_state_dict(load_state(folder, model))
         return
     state = lazy_state(folder, model)
@@ -186,6 +193,37 @@ def iter_tensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield from load_state_dict(path).items()
 
 
+def _reverted(model: nn.Module, state: Mapping[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor] | None:
+    """``state`` as ``save_pretrained`` would store it (transformers 5's weight conversion
+    reverted), or None where transformers keeps every weight under its module's name."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4 stores weights under the modules' names
+        return None
+    return revert_weight_conversion(model, dict(state))
+
+
+def converts(model: nn.Module) -> bool:
+    """Whether transformers stores some of ``model``'s tensors split or fused (Mixtral's
+    stacked experts as ``experts.N.w1``...): such a folder is read through transformers'
+    own loading and written through :func:`stored_state`, not one tensor per name."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    reverted = _reverted(model, state)
+    if reverted is None:
+        return False
+    ids = {id(v) for v in state.values()}
+    return any(id(tensor) not in ids for tensor in reverted.values())
+
+
+def stored_state(model: nn.Module, state: Mapping[str, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+    """``state`` (``model``'s keys) under the names and in the layout its folder stores
+    (experts split back into one tensor each...), as ``save_pretrained`` writes it."""
+    reverted = _reverted(model, {k: state[k] for k in model.state_dict()})
+    return dict(state) if reverted is None else reverted
+
+
 def stored_names(model: nn.Module) -> dict[str, str]:
     """``state-dict key -> name in a saved folder`` for ``model``.
 
@@ -196,18 +234,17 @@ def stored_names(model: nn.Module) -> dict[str, str]:
     splits or fuses tensors is refused.
     """
     state = {k: v.detach() for k, v in model.state_dict().items()}  # one object per key
-    try:
-        from transformers.core_model_loading import revert_weight_conversion
-    except ImportError:  # transformers 4 stores weights under the modules' names
+    reverted = _reverted(model, state)
+    if reverted is None:
         return {k: k for k in state}
     by_id = {id(v): k for k, v in state.items()}
     names: dict[str, str] = {}
-    for stored, tensor in revert_weight_conversion(model, dict(state)).items():
+    for stored, tensor in reverted.items():
         key = by_id.get(id(tensor))
         if key is None:
             raise PermalignError(f"{type(model).__name__} saves {stored!r} by converting "
-                                 "tensors; permalign reads Hugging Face folders whose tensors "
-                                 "map one to one onto the model's")
+                                 "tensors, which cannot be read one tensor at a time; leave "
+                                 "out --low-memory")
         names[key] = stored
     return {k: names.get(k, k) for k in state}
 
@@ -244,11 +281,42 @@ def load_state(folder: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
     dtypes (:func:`save_folder` writes them back in their stored dtypes).
     """
     reference = model.state_dict()
+    if converts(model):
+        return _converted_state(folder, model)
     loaded = dict(iter_tensors(folder))
     sources, extra = _sources(model, loaded)
     state = {key: loaded[source] for key, source in sources.items()}
     check_state_dict({**state, **{k: loaded[k] for k in extra}}, reference, name=str(folder))
     return {k: state[k].to(reference[k].dtype) for k in reference}
+
+
+def _converted_state(folder: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The folder's weights as ``model``'s state dict, read by transformers'
+    ``from_pretrained`` (local files only), which converts split or fused tensors; safetensors
+    only (no pickle is loaded). Missing or unexpected weights are an error."""
+    if any(path.suffix != ".safetensors" for path in weight_files(folder)):
+        raise PermalignError(f"{folder} stores {type(model).__name__} as pytorch_model.bin in "
+                             "a layout transformers converts on loading; save it as "
+                             "safetensors first")
+    reference = model.state_dict()
+    try:
+        loaded, info = type(model).from_pretrained(
+            str(folder), config=model.config, local_files_only=True, use_safetensors=True,
+            output_loading_info=True)
+    except Exception as exc:  # transformers raises many types for a bad folder
+        raise CheckpointError(f"cannot read {folder}: {first_line(exc)}") from None
+    problems = [f"{what} {', '.join(sorted(names)[:3])}" for what, names in
+                (("missing", info.get("missing_keys", ())),
+                 ("unexpected", info.get("unexpected_keys", ())),
+                 ("mismatched", [k[0] if isinstance(k, tuple) else k
+                                 for k in info.get("mismatched_keys", ())]))
+                if names]
+    if problems:
+        raise CheckpointError(f"{folder} does not fit {type(model).__name__}: "
+                              f"{'; '.join(problems)}")
+    state = loaded.state_dict()
+    check_state_dict(state, reference, name=str(folder))
+    return {k: state[k].detach().to(reference[k].dtype) for k in reference}
 
 
 def lazy_state(folder: str | Path, model: nn.Module) -> LazyStateDict:

@@ -54,12 +54,15 @@ def _distance(before: StateDict, after: StateDict) -> float:
 def merge_many(spec: PermutationSpec, states: list[StateDict], *, seed: int = 0,
                max_rounds: int = 100, device: torch.device | str = "cpu",
                model: nn.Module | None = None, bn_data: torch.Tensor | None = None,
-               bn_reset: bool = True) -> MergeResult:
+               bn_reset: bool = True, init: str = "auto") -> MergeResult:
     """MergeMany: align each model to the mean of the others until nothing changes.
 
     Each round visits the models in a fresh random order (seeded); model i is weight-matched
     to the average of the other models' current aligned weights, warm-started from its previous
-    permutation. Stops after a round where no permutation changed. The merged model is the
+    permutation. In the first round there is none: ``init`` names the start
+    (:mod:`permalign.match.init`; ``auto``, the best of identity and sorted weights, finds a
+    permuted copy where the identity stalls; ``identity`` is the paper's MergeMany). Stops
+    after a round where no permutation changed. The merged model is the
     mean of the aligned models (model 0's units keep their order only up to this process).
 
     A merged BatchNorm model needs its running statistics re-estimated (variance collapse):
@@ -97,7 +100,8 @@ def merge_many(spec: PermutationSpec, states: list[StateDict], *, seed: int = 0,
         before = mean(list(aligned))
         for i in torch.randperm(len(states), generator=generator).tolist():
             others = mean([aligned[j] for j in range(len(states)) if j != i])
-            result = weight_matching(spec, others, states[i], init=perms[i],
+            result = weight_matching(spec, others, states[i],
+                                     init=perms[i] if rounds > 1 else init,
                                      seed=seed + rounds * len(states) + i, device=device)
             if not _same(result.perm, perms[i]):
                 changed = True

@@ -47,6 +47,9 @@ class Inputs:
         if self.folder is not None:
             card = hf.model_card(title=title, summary=summary, details=details,
                                  provenance=provenance)
+            if hf.converts(self.model):  # experts stored one tensor each, say
+                return hf.save_folder(out, hf.stored_state(self.model, state), self.folder,
+                                      card=card, force=force)
             return hf.save_folder(out, state, self.folder, card=card, force=force,
                                   names=hf.stored_names(self.model))
         return save_state_dict(state, out, force=force)

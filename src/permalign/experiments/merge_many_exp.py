@@ -67,7 +67,7 @@ def run_regime(cfg: ExperimentConfig, data: Dataset, regime: Regime, models: int
                             tag="-half" if regime.halves else "")
               for i, part in enumerate(parts)]
     cfg.log(f"MergeMany of {models} models ({regime.name} regime)")
-    merged = merge_many(spec, states, seed=0, device=cfg.device, model=model,
+    merged = merge_many(spec, states, seed=0, device=cfg.device, model=model, init="identity",
                         bn_data=data.train_x, max_rounds=max_rounds)
     device_data = data.to(cfg.device)
     model = model.to(cfg.device)
