@@ -48,9 +48,9 @@ def test_carrier_found_and_round_trips_through_json():
 
 @pytest.mark.parametrize("breakage, message", [
     ("missing slot", "give every index a group"),
-    ("two slots at one index", "both sit at index"),
+    ("two slots at one index", "both permute 'up' axis 1"),
     ("slots differ", "differ in more than the index"),
-    ("second mover", "not as one carrier group"),
+    ("second mover", "both permute 'up' axis 0"),
 ])
 def test_carrier_validation(breakage, message):
     spec = carrier_spec()
@@ -291,3 +291,40 @@ def test_merge_many_first_round_uses_the_default_start():
                    for s in (state, shuffled))
     assert recovered(merge_many(spec, [state, shuffled]).merged)
     assert not recovered(merge_many(spec, [state, shuffled], init="identity").merged)
+
+
+def test_hostile_carrier_specs_name_the_real_problem():
+    """A huge carrier size is compared, not enumerated; a misspelt key or an out-of-range
+    select is named as such even inside a carrier pattern; two groups on one whole axis are
+    refused (their inverse would not undo them)."""
+    state = carrier_state(torch.Generator().manual_seed(0))
+    huge = carrier_spec()
+    huge.groups["experts"].size = 10 ** 12
+    with pytest.raises(SpecError, match="give every index a group"):
+        huge.carried()
+    with pytest.raises(SpecError, match="has size 1000000000000"):
+        huge.validate(state)
+    typo = carrier_spec()
+    typo.groups["inner0"].members[0] = Member("upp", 1, select=((0, 0),))
+    with pytest.raises(SpecError, match="names key 'upp'"):
+        typo.validate(state)
+    out_of_range = carrier_spec()
+    out_of_range.groups["inner2"].members = [Member("up", 1, select=((0, 7),)),
+                                             Member("down", 2, select=((0, 7),))]
+    with pytest.raises(SpecError, match="out of range"):
+        out_of_range.validate(state)
+    doubled = carrier_spec()
+    doubled.add_group("again", HIDDEN, [Member("router", 1)])
+    with pytest.raises(SpecError, match="both permute 'router' axis 1"):
+        doubled.validate(state)
+
+
+def test_check_spec_moves_every_group():
+    """check_spec's permutations never leave a group of two or more units in place, so a
+    wrong two-unit group cannot pass by drawing the identity."""
+    from permalign.permutation import moving_permutation
+    spec = carrier_spec()
+    spec.add_group("pair", 2, [])
+    for seed in range(20):
+        perm = moving_permutation(spec, torch.Generator().manual_seed(seed))
+        assert all(not torch.equal(p, torch.arange(len(p))) for p in perm.values())

@@ -229,6 +229,17 @@ def test_mixture_of_experts_folder_in_its_stored_layout(folders, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "--low-memory" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "lazy").exists()
+    import permalign.cli.inputs as cli_inputs  # chosen by size, not asked for: read eagerly
+    saved, cli_inputs.LOW_MEMORY_BYTES = cli_inputs.LOW_MEMORY_BYTES, 0
+    try:
+        code = main(["align", str(a), str(copy), "--model", f"hf:{a}", "--out",
+                     str(tmp_path / "auto"), "--quiet"])
+    finally:
+        cli_inputs.LOW_MEMORY_BYTES = saved
+    assert code == 0, capsys.readouterr().err
+    with torch.no_grad():
+        torch.testing.assert_close(call(load(tmp_path / "auto"), "mixtral"),
+                                   call(load(a), "mixtral"), atol=1e-5, rtol=1e-4)
 
 
 def test_example_inputs_follow_the_config(folders):

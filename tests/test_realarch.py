@@ -115,3 +115,36 @@ def test_state_dict_metadata_survives():
     work.load_state_dict(permuted)
     with torch.no_grad():
         torch.testing.assert_close(work(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["transformers/bert", "transformers/gpt2", "transformers/llama",
+                                  "transformers/albert", "transformers/mamba",
+                                  "transformers/vit"])
+def test_activation_matching_recovers_planted_copies(name):
+    """--method activation on models whose attention heads and within-head axes no
+    Linear/Conv consumes: those groups are observed where probing finds them, with the repeats
+    another group orders (a head's positions) sorted; ALBERT calls one layer at every depth
+    (its inputs are paired call by call); Mamba's projections run without their modules'
+    forward (observed nowhere: matched by sorted weights, and named in the result)."""
+    from permalign.data import Dataset
+    from permalign.infer import infer_spec
+    from permalign.match.activation import activation_matching
+    from permalign.permutation import apply_permutation, random_permutation
+    case = CASES[name]
+    if case.unavailable():
+        pytest.skip(case.unavailable())
+    model = case.model(0)
+    inputs, kwargs = case.inputs()
+    spec = infer_spec(model, inputs, example_kwargs=kwargs)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    shuffled = apply_permutation(spec, random_permutation(spec, torch.Generator().manual_seed(1)),
+                                 state)
+    x = inputs[0].repeat(4, *[1] * (inputs[0].dim() - 1))  # (8, ...) examples
+    if x.is_floating_point():
+        x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    labels = torch.zeros(len(x), dtype=torch.long)
+    result = activation_matching(spec, state, shuffled, model=model,
+                                 data=Dataset("probe", x, labels, x, labels, num_classes=2))
+    back = apply_permutation(spec, result.perm, shuffled)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    assert bool(result.info["unobserved"]) == (name == "transformers/mamba")

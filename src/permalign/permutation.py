@@ -95,6 +95,19 @@ def random_permutation(spec: PermutationSpec, generator: torch.Generator | None 
     return {n: torch.randperm(g.size, generator=generator) for n, g in spec.groups.items()}
 
 
+def moving_permutation(spec: PermutationSpec, generator: torch.Generator | None = None
+                       ) -> Permutation:
+    """A random permutation in which every group of two or more units moves (redrawn while it
+    is the identity), so that a check with it cannot pass by leaving a group in place."""
+    out = {}
+    for name, group in spec.groups.items():
+        perm = torch.randperm(group.size, generator=generator)
+        while group.size > 1 and torch.equal(perm, torch.arange(group.size)):
+            perm = torch.randperm(group.size, generator=generator)
+        out[name] = perm
+    return out
+
+
 def invert(perm: Mapping[str, torch.Tensor], spec: PermutationSpec | None = None
            ) -> Permutation:
     """The inverse permutation: ``apply(invert(p, spec), apply(p, sd)) == sd``.
@@ -272,7 +285,8 @@ def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: An
                rtol: float = 1e-4, generator: torch.Generator | None = None,
                trials: int = 1, float64: bool = True, relative: float = 1e-6,
                permutations: Iterable[Mapping[str, torch.Tensor]] | None = None) -> float:
-    """Permute every group at random and raise SpecError if the model's outputs change.
+    """Permute every group at random (each group of two or more units moved) and raise
+    SpecError if the model's outputs change.
 
     With ``float64`` (default) the check runs on a float64 copy of the model and inputs where
     the model allows it, and every output must agree to ``relative`` times its largest
@@ -302,8 +316,8 @@ def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: An
     if not exact:
         reference = _reference_outputs(model, None, example_inputs, kwargs)
     worst = 0.0
-    if permutations is None:
-        permutations = (random_permutation(spec, generator) for _ in range(trials))
+    if permutations is None:  # every group moves: none can pass by staying in place
+        permutations = (moving_permutation(spec, generator) for _ in range(trials))
     for perm in permutations:
         work = _eval_copy(model, dtype)
         permute_in_place(work, spec, perm)

@@ -37,9 +37,11 @@ def _module_of(key: str, model: nn.Module) -> tuple[str, nn.Module] | None:
         return None
 
 
-def consumer_sites(model: nn.Module, spec: PermutationSpec
+def consumer_sites(model: nn.Module, spec: PermutationSpec, *, strict: bool = True
                    ) -> dict[str, list[tuple[str, Member]]]:
-    """For each group, the (module name, member) pairs whose input carries the group's axis."""
+    """For each group, the (module name, member) pairs whose input carries the group's axis;
+    a group that no Linear/Conv consumes raises SpecError, or with ``strict=False`` is left
+    out (its units may still be observed elsewhere: :mod:`permalign.match.observe`)."""
     sites: dict[str, list[tuple[str, Member]]] = {}
     for name, group in spec.groups.items():
         found = []
@@ -48,6 +50,8 @@ def consumer_sites(model: nn.Module, spec: PermutationSpec
             if owner and m.axis == 1 and not m.select and isinstance(
                     owner[1], LINEAR_LIKE) and getattr(owner[1], "groups", 1) == 1:
                 found.append((owner[0], m))
+        if not found and not strict:
+            continue
         if not found:
             raise SpecError(f"group {name!r} has no Linear/Conv layer consuming it, so its "
                             "activations cannot be observed; use weight matching for it")
@@ -57,12 +61,14 @@ def consumer_sites(model: nn.Module, spec: PermutationSpec
 
 @contextmanager
 def record_inputs(model: nn.Module, names: set[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """While active, ``store[name]`` holds the latest input of each named module."""
-    store: dict[str, torch.Tensor] = {}
+    """While active, ``store[name]`` lists the inputs of each named module in call order
+    (a module called more than once per forward, as with layers shared across depth, gets one
+    entry per call; consumers pop them from the front)."""
+    store: dict[str, list[torch.Tensor]] = {}
     handles = []
     for name in names:
         def hook(_module, args, _name=name):
-            store[_name] = args[0]
+            store.setdefault(_name, []).append(args[0])
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
         yield store

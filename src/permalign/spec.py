@@ -191,7 +191,6 @@ class PermutationSpec:
     # ------------------------------------------------------------- validation
     def validate(self, state_dict: StateDict) -> None:
         """Raise SpecError naming the first member that does not fit ``state_dict``."""
-        self.carried()  # selected and permuted axes fit together (structure only)
         for name, group in self.groups.items():
             if group.size < 1:
                 raise SpecError(f"spec group {name!r} has size {group.size}; sizes must be >= 1")
@@ -220,6 +219,26 @@ class PermutationSpec:
                     raise SpecError(f"spec group {name!r}: block of {m.key!r} axis {m.axis} "
                                     f"(offset {m.offset}, {m.outer}x{group.size}x{m.inner}) "
                                     f"exceeds length {length}")
+        self._validate_whole_axes()
+        self.carried()  # selected and permuted axes fit together
+
+    def _validate_whole_axes(self) -> None:
+        """A member covering a whole axis leaves no room on that axis (of that slice) for
+        another group: two permutations of one axis compose, and undo, in one order only."""
+        places: dict[tuple[str, int, tuple], set[str]] = {}
+        for name, group in self.groups.items():
+            for m in group.members:
+                places.setdefault((m.key, m.axis, m.select), set()).add(name)
+        for name, group in self.groups.items():
+            for m in group.members:
+                if m.offset or m.outer != 1 or m.inner != 1 or m.partial:
+                    continue
+                others = places[(m.key, m.axis, m.select)] - {name}
+                if others:
+                    raise SpecError(f"spec groups {name!r} and {sorted(others)[0]!r} both "
+                                    f"permute {m.key!r} axis {m.axis}, which {name!r} covers "
+                                    "whole; an axis belongs to one group (or to structured "
+                                    "blocks)")
 
     @staticmethod
     def _validate_select(name: str, m: Member, shape: tuple[int, ...]) -> None:
@@ -271,7 +290,7 @@ class PermutationSpec:
         out = {}
         for carrier, seated in slots.items():
             size = self.groups[carrier].size
-            if sorted(seated) != list(range(size)):
+            if len(seated) != size or min(seated) != 0 or max(seated) != size - 1:
                 raise SpecError(f"carrier group {carrier!r} moves {size} slices but slot groups "
                                 f"sit at indices {sorted(seated)}; give every index a group")
             order = tuple(seated[e] for e in range(size))

@@ -212,25 +212,28 @@ def safetensors_bytes(paths: Sequence[str | Path]) -> int | None:
     return total
 
 
-def wants_low_memory(given: bool | None, checkpoints: Sequence[str | Path]) -> bool:
-    """``--low-memory`` as given, or (left out) whether the checkpoints are safetensors
-    holding more than :data:`LOW_MEMORY_BYTES` together."""
+def wants_low_memory(given: bool | None, checkpoints: Sequence[str | Path]) -> bool | str:
+    """``--low-memory`` as given, or (left out) ``"auto"`` if the checkpoints are safetensors
+    holding more than :data:`LOW_MEMORY_BYTES` together (lazy where the model allows it:
+    :func:`resolve_inputs`), else False."""
     if given is not None:
         return given
     size = safetensors_bytes(checkpoints)
-    return size is not None and size > LOW_MEMORY_BYTES
+    return "auto" if size is not None and size > LOW_MEMORY_BYTES else False
 
 
 def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path] = (),
                    need_data: bool | Callable[[nn.Module], bool] = False,
-                   need_spec: bool = True, model_seed: int = 0, lazy: bool = False) -> Inputs:
+                   need_spec: bool = True, model_seed: int = 0, lazy: bool | str = False
+                   ) -> Inputs:
     """Device, data (if needed), model and spec (if needed), and the checkpoints, checked
     against the model.
 
     ``need_data`` may be a predicate on the built model (e.g. "has BatchNorm layers").
     The model's initial weights come from ``model_seed`` (an hf: model has its folder's).
     Checkpoints are state-dict files or Hugging Face folders; without ``--model``, the first
-    checkpoint's folder is the model. ``lazy``: read them lazily (:func:`load_checkpoint`).
+    checkpoint's folder is the model. ``lazy``: read them lazily (:func:`load_checkpoint`);
+    ``"auto"`` (chosen by size, not asked for) only where the model's folder layout allows.
     """
     device = parse_device(args.device)
     name = model_string(args, checkpoints)
@@ -252,6 +255,8 @@ def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path
     elif wanted and data is None:
         data = load_data(args)
         model_io(args, data)  # the data must fit the model built from --dataset's shape
-    states = [load_checkpoint(path, model, lazy=lazy) for path in checkpoints]
+    if lazy == "auto":  # chosen by size: not where transformers converts the layout
+        lazy = not (resolved.folder is not None and hf.converts(model))
+    states = [load_checkpoint(path, model, lazy=bool(lazy)) for path in checkpoints]
     return Inputs(device, shape, classes, model, resolved.spec, data, states,
                   resolved.example, resolved.folder)

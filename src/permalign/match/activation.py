@@ -3,6 +3,17 @@
 One streaming pass over the data collects, per group, the means and the cross-moment of the
 two models' activations in float64 (never all activations at once); conv activations count every
 spatial position as a sample. Then one linear assignment per group.
+
+A group's activations are read at the inputs of the Linear/Conv layers that consume it. A group
+that none consumes (attention heads and the axis within a head, channels only a norm or an
+attention product reads) is observed where probing finds it (:mod:`permalign.match.observe`:
+the module inputs and outputs that move with the group's permutation, on the first
+``PROBE_EXAMPLES`` inputs). Where a unit repeats along its axis at positions another group
+permutes (a head's positions, permuted by the within-head group, and the within-head axis
+repeated over heads), the repeats are sorted rather than paired: the two models order them
+differently. A group observed nowhere (a parameter the forward pass never reads, experts'
+units inside a fused kernel) is matched by its sorted weights, and the result's
+``info["unobserved"]`` names it.
 """
 from __future__ import annotations
 
@@ -23,6 +34,10 @@ from ..spec import PermutationSpec
 from ..stats import CrossMoments
 from .base import MatchResult, Option, register, solver_option
 from .base import default_similarity_key
+from .invariants import sorted_similarity
+from .observe import Site, capture, invariant_unit_samples, observation_sites
+
+PROBE_EXAMPLES = 8  # inputs that locate the sites of groups no Linear/Conv consumes
 
 # Dead units (constant activations) correlate with nothing; the cosine similarity of their
 # incoming weights, at this tiny weight, decides between them without disturbing live units.
@@ -64,11 +79,16 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
     With a process group (:mod:`permalign.distributed`) each rank reads its shard of ``x``
     and the moments are summed over the ranks: every rank returns those of all of ``x``.
     """
-    (x,) = distributed.shard(x)
-    sites = consumer_sites(model, spec)
-    names = {module for entries in sites.values() for module, _ in entries}
+    sites = consumer_sites(model, spec, strict=False)
     model_a, model_b = _loaded(model, state_a, device), _loaded(model, state_b, device)
-    moments = {g: CrossMoments() for g in spec.groups}
+    probed = _probed_sites(model_a, spec, [g for g in spec.groups if g not in sites],
+                           x[:PROBE_EXAMPLES].to(device))  # before sharding: same on every rank
+    (x,) = distributed.shard(x)
+    names = {module for entries in sites.values() for module, _ in entries}
+    probed_modules = sorted({s.module for found in probed.values() for s in found})
+    moments = {g: CrossMoments() for g in [*sites, *probed]}
+    shared = {(key, m.axis) for key, entries in spec.members_by_key().items()
+              for _, m in entries if sum(e.axis == m.axis for _, e in entries) > 1}
     by_module: dict[str, list[tuple[str, object]]] = {}
     for group, entries in sites.items():
         for module, member in entries:
@@ -79,26 +99,51 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
             dim = feature_dim(model_b.get_submodule(name))
 
             def hook(_module, args, _name=name, _dim=dim):
-                act_a = acts_a.pop(_name)
+                act_a = acts_a[_name].pop(0)
                 for group, member in by_module[_name]:
                     size = spec.groups[group].size
+                    if (member.key, member.axis) in shared:  # repeats another group orders
+                        moments[group].update(
+                            invariant_unit_samples(act_a, member, size, _dim),
+                            invariant_unit_samples(args[0], member, size, _dim))
+                        continue
                     # every non-feature position is a sample: (samples, size) each
                     moments[group].update(unit_view(act_a, member, size, _dim).T,
                                           unit_view(args[0], member, size, _dim).T)
             handles.append(model_b.get_submodule(name).register_forward_pre_hook(hook))
         try:
-            for xb, _ in tqdm(list(batches(x, x, batch_size)),
-                              disable=None if progress and distributed.is_main() else True,
-                              desc="activations",
-                              leave=False):
-                xb = xb.to(device)
-                model_a(xb)
-                model_b(xb)
+            with capture(model_a, probed_modules) as seen_a, \
+                    capture(model_b, probed_modules) as seen_b:
+                for xb, _ in tqdm(list(batches(x, x, batch_size)),
+                                  disable=None if progress and distributed.is_main() else True,
+                                  desc="activations",
+                                  leave=False):
+                    xb = xb.to(device)
+                    model_a(xb)
+                    model_b(xb)
+                    for group, found in probed.items():
+                        size = spec.groups[group].size
+                        for site in found:  # (samples, size) each, repeats sorted
+                            moments[group].update(*(invariant_unit_samples(
+                                seen[(site.module, site.io)][site.index], site.layout, size,
+                                site.axis) for seen in (seen_a, seen_b)))
         finally:
             for h in handles:
                 h.remove()
     distributed.reduce_moments(moments)
-    return moments
+    # a consumer whose forward never ran (its weight used directly): observed nowhere
+    return {g: m for g, m in moments.items() if m.count}
+
+
+def _probed_sites(model: nn.Module, spec: PermutationSpec, groups: list[str],
+                  x: torch.Tensor) -> dict[str, list[Site]]:
+    """Where each of ``groups`` (none consumed by a Linear/Conv) appears in ``model`` on the
+    inputs ``x``; groups that appear nowhere are left out."""
+    if not groups:
+        return {}
+    found = observation_sites(model, PermutationSpec({g: spec.groups[g] for g in groups}),
+                              (x,))
+    return {g: sites for g, sites in found.items() if sites}
 
 
 def _solve(spec: PermutationSpec, moments: Mapping[str, CrossMoments],
@@ -106,8 +151,10 @@ def _solve(spec: PermutationSpec, moments: Mapping[str, CrossMoments],
            solver: str) -> tuple[dict[str, torch.Tensor], float]:
     """The assignments from the moments (on rank 0 under a process group): a first solve per
     group, then a second whose ties between dead units are broken by incoming weights."""
-    sims = {g: (m.correlation() if cost == "correlation" else m.cross_moment()).cpu()
-            for g, m in moments.items()}
+    sims = {g: (moments[g].correlation() if cost == "correlation"
+                else moments[g].cross_moment()).cpu() if g in moments
+            else sorted_similarity(spec, g, state_a, state_b)  # observed nowhere
+            for g in spec.groups}
     first = {g: torch.as_tensor(lap.solve(s.numpy(), solver)) for g, s in sims.items()}
     # second pass: break ties between dead units by their incoming weights, with B's other
     # axes permuted by the first pass
@@ -162,4 +209,5 @@ def activation_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
     return MatchResult(perm=perm, method="activation", history=[objective],
                        timings={"total": time.perf_counter() - start,
                                 "statistics": collected - start},
-                       info={"cost": cost, "samples": len(x)})
+                       info={"cost": cost, "samples": len(x),
+                             "unobserved": [g for g in spec.groups if g not in moments]})

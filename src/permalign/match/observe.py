@@ -117,7 +117,27 @@ def find_sites(ref: dict, probe: dict, perm: torch.Tensor, layouts: list[Member]
                 if layout is not None:
                     sites.append(Site(module, io, index, axis, layout))
                     break
+                blocks = _blocks_moved_together(x, y, axis, layouts, perm, size)
+                if blocks:
+                    sites += [Site(module, io, index, axis, lay) for lay in blocks]
+                    break
     return sites
+
+
+def _blocks_moved_together(x: torch.Tensor, y: torch.Tensor, axis: int, layouts: list[Member],
+                           perm: torch.Tensor, size: int) -> list[Member]:
+    """The group's partial layouts on this axis if ``y`` is ``x`` with all of them gathered at
+    once (a fused projection: the queries' and keys' within-head axis is one group, at two
+    offsets of the q/k/v output), else none. Each block is then a site of its own."""
+    length = x.shape[axis]
+    blocks = [lay for lay in layouts if lay.covers_part and _fits(lay, size, length)]
+    spans = sorted((lay.offset, lay.offset + lay.span(size)) for lay in blocks)
+    if len(blocks) < 2 or any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        return []  # one block (tried above) or overlapping ones
+    index = torch.arange(length)
+    for lay in blocks:  # disjoint blocks: the gathers compose in any order
+        index = index[member_index(lay, length, perm)]
+    return blocks if _close(y, x.index_select(axis, index)) else []
 
 
 @torch.no_grad()
