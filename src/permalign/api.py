@@ -59,21 +59,25 @@ def _states(models: Sequence[nn.Module]) -> list[dict[str, torch.Tensor]]:
 
 
 def _spec(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] | None,
-          spec: PermutationSpec | None, check: bool) -> PermutationSpec:
-    """``spec`` checked against ``model`` (a copy), or one inferred from it."""
+          spec: PermutationSpec | None, check: bool,
+          outputs: Sequence[str | int] | None = None) -> PermutationSpec:
+    """``spec`` checked against ``model`` (a copy), or one inferred from it; ``outputs``: the
+    output entries that must stay unchanged (default all)."""
     if spec is None:
-        return infer_spec(model, example_inputs, example_kwargs=example_kwargs, check=check)
+        return infer_spec(model, example_inputs, example_kwargs=example_kwargs, check=check,
+                          outputs=outputs)
     spec.validate(model.state_dict())
     if check:
         check_spec(model, spec, example_inputs, example_kwargs=example_kwargs, atol=1e-4,
-                   rtol=1e-3)
+                   rtol=1e-3, outputs=outputs)
     return spec
 
 
 def align(model_a: nn.Module, model_b: nn.Module, example_inputs: Any, method: str = "weight",
           data: DataLike = None, *, spec: PermutationSpec | None = None,
           example_kwargs: dict[str, Any] | None = None, seed: int = 0,
-          device: torch.device | str = "cpu", check: bool = True, **options: Any
+          device: torch.device | str = "cpu", check: bool = True,
+          outputs: Sequence[str | int] | None = None, **options: Any
           ) -> tuple[nn.Module, MatchResult]:
     """Permute ``model_b``'s hidden units to line up with ``model_a``'s.
 
@@ -82,11 +86,13 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs: Any, method: s
     per group, the objective ``.history``). ``method`` is any registered matching method
     (``weight``, ``activation``, ``ste``; the last two need ``data``); ``options`` are its
     options (e.g. ``restarts=3``). ``example_inputs`` (a tensor or tuple, with
-    ``example_kwargs``) is what the model is called with, for inferring and checking the spec.
+    ``example_kwargs``) is what the model is called with, for inferring and checking the spec;
+    ``outputs`` names the output entries that must stay unchanged (e.g. ``["logits"]``; default
+    all).
     """
     states = _states([model_a, model_b])
     work = copy.deepcopy(model_a)
-    spec = _spec(work, example_inputs, example_kwargs, spec, check)
+    spec = _spec(work, example_inputs, example_kwargs, spec, check, outputs)
     state, result = align_states(method, spec, work, states[0], states[1],
                                  data=as_dataset(data), seed=seed, device=device, **options)
     aligned = copy.deepcopy(model_b)
@@ -97,18 +103,19 @@ def align(model_a: nn.Module, model_b: nn.Module, example_inputs: Any, method: s
 def merge(models: Sequence[nn.Module], example_inputs: Any, data: DataLike = None, *,
           spec: PermutationSpec | None = None, example_kwargs: dict[str, Any] | None = None,
           seed: int = 0, device: torch.device | str = "cpu", bn_reset: bool = True,
-          check: bool = True, max_rounds: int = 100) -> nn.Module:
+          check: bool = True, max_rounds: int = 100,
+          outputs: Sequence[str | int] | None = None) -> nn.Module:
     """Merge two or more models of one architecture by MergeMany (paper Algorithm 3): align
     each to the mean of the others until nothing changes, then average.
 
     Returns a new module. A model with BatchNorm needs ``data`` (its inputs) to re-estimate
-    the merged statistics, unless ``bn_reset`` is False.
+    the merged statistics, unless ``bn_reset`` is False. ``outputs``: as for :func:`align`.
     """
     if len(models) < 2:
         raise PermalignError("merging needs at least two models")
     states = _states(models)
     work = copy.deepcopy(models[0])
-    spec = _spec(work, example_inputs, example_kwargs, spec, check)
+    spec = _spec(work, example_inputs, example_kwargs, spec, check, outputs)
     dataset = as_dataset(data)
     if dataset is None and bn_reset and has_batchnorm(work):
         raise PermalignError("the models have BatchNorm layers: pass data (their inputs) to "

@@ -168,9 +168,11 @@ def example_for(model: nn.Module, kind: str, input_shape: tuple[int, ...], seed:
 
 
 def load_spec_for(path: str | Path, model: nn.Module, example: torch.Tensor | Example, *,
-                  check: bool = True) -> PermutationSpec:
+                  check: bool = True, outputs: list[str | int] | None = None
+                  ) -> PermutationSpec:
     """A spec from JSON, validated against the model's state dict and, with ``check``, against
-    its outputs (a random permutation must leave them unchanged)."""
+    its outputs (a random permutation must leave them unchanged; only those ``outputs``
+    names, when given)."""
     if not isinstance(example, Example):
         example = Example((example,))
     spec = PermutationSpec.load(path)
@@ -178,7 +180,7 @@ def load_spec_for(path: str | Path, model: nn.Module, example: torch.Tensor | Ex
     if check:
         try:
             check_spec(model, spec, example.args, example_kwargs=example.kwargs, atol=1e-4,
-                       rtol=1e-3)
+                       rtol=1e-3, outputs=outputs)
         except PermalignError as exc:
             raise type(exc)(f"--spec {path}: {exc} (pass --no-spec-check to use it anyway)"
                             ) from None
@@ -208,15 +210,16 @@ def check_forward(model: nn.Module, model_string: str, example: Example,
 
 def resolve(model_string: str, input_shape: tuple[int, ...], num_classes: int, *,
             seed: int = 0, infer: bool = False, spec_path: str | Path | None = None,
-            check: bool = True, need_spec: bool = True, min_outputs: int = 0
-            ) -> ResolvedModel:
+            check: bool = True, need_spec: bool = True, min_outputs: int = 0,
+            outputs: list[str | int] | None = None) -> ResolvedModel:
     """The model (initialised from ``seed``), its example inputs and, with ``need_spec``, its
     spec. A factory model must run on its example and give at least ``min_outputs`` outputs
     per example (one line otherwise).
 
     The spec is, in order of preference: the JSON file ``spec_path`` (checked against the
     model's outputs unless ``check`` is False), the zoo's hand-written spec unless ``infer``,
-    or one inferred from the example inputs (always for the other kinds).
+    or one inferred from the example inputs (always for the other kinds). ``outputs`` names
+    the model outputs that must stay unchanged (default all: see ``infer_spec``).
     """
     kind = model_kind(model_string)
     torch.manual_seed(seed)
@@ -235,10 +238,10 @@ def resolve(model_string: str, input_shape: tuple[int, ...], num_classes: int, *
     if not need_spec:
         spec = None
     elif spec_path is not None:
-        spec = load_spec_for(spec_path, model, example, check=check)
+        spec = load_spec_for(spec_path, model, example, check=check, outputs=outputs)
     elif spec is None or infer:
         from .infer import infer_spec
-        spec = infer_spec(model, example.args, example_kwargs=example.kwargs)
+        spec = infer_spec(model, example.args, example_kwargs=example.kwargs, outputs=outputs)
     return ResolvedModel(model, spec, example, kind, folder)
 
 

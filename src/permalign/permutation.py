@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -223,8 +223,34 @@ def keep_metadata(state: dict[str, torch.Tensor], source: Mapping[str, torch.Ten
 
 
 # ------------------------------------------------------------------ checking
-def _flat_outputs(out: Any) -> list[torch.Tensor]:
+def select_outputs(out: Any, outputs: Sequence[str | int] | None) -> Any:
+    """The entries ``outputs`` names of a model's output (keys of a Hugging Face ModelOutput
+    or a dict, positions of a tuple or list); all of it when None. SpecError for a name the
+    output lacks."""
+    if outputs is None:
+        return out
+    if isinstance(out, Mapping):  # ModelOutput is an OrderedDict
+        names = list(out.keys())
+        missing = [o for o in outputs if o not in names]
+        if missing:
+            raise SpecError(f"the model's output has no {missing[0]!r}; it has "
+                            f"{', '.join(map(str, names))}")
+        return tuple(out[o] for o in outputs)
+    if isinstance(out, tuple | list):
+        bad = [o for o in outputs if not (isinstance(o, int) or str(o).isdigit())
+               or not 0 <= int(o) < len(out)]
+        if bad:
+            raise SpecError(f"the model returns a sequence of {len(out)} outputs; "
+                            f"{bad[0]!r} is not one of its positions 0..{len(out) - 1}")
+        return tuple(out[int(o)] for o in outputs)
+    if list(outputs) in ([0], ["0"]):
+        return out
+    raise SpecError("the model returns one tensor; preserve its outputs=None (or [0])")
+
+
+def _flat_outputs(out: Any, outputs: Sequence[str | int] | None = None) -> list[torch.Tensor]:
     from torch.utils._pytree import tree_flatten
+    out = select_outputs(out, outputs)
     if hasattr(out, "to_tuple"):  # Hugging Face ModelOutput
         out = out.to_tuple()
     leaves, _ = tree_flatten(out)
@@ -249,19 +275,21 @@ def _eval_copy(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Mo
 
 
 def _reference_outputs(model: torch.nn.Module, dtype: torch.dtype | None, inputs: tuple,
-                       kwargs: dict[str, Any]) -> list[torch.Tensor] | None:
+                       kwargs: dict[str, Any], outputs: Sequence[str | int] | None = None
+                       ) -> list[torch.Tensor] | None:
     """The outputs of a fresh copy of ``model`` in ``dtype``; None if it does not run in
     ``dtype`` or casts back down inside (then compare at the model's own precision)."""
     reference = _eval_copy(model, dtype)
     try:
-        outputs = _flat_outputs(reference(*inputs, **kwargs))
+        result = reference(*inputs, **kwargs)
     except Exception:  # noqa: BLE001 - ops without float64 kernels raise anything
         if dtype is None:
             raise
         return None
-    if dtype is not None and any(o.dtype != dtype for o in outputs):
+    flat = _flat_outputs(result, outputs)
+    if dtype is not None and any(o.dtype != dtype for o in flat):
         return None
-    return outputs
+    return flat
 
 
 def permute_in_place(model: torch.nn.Module, spec: PermutationSpec,
@@ -284,7 +312,8 @@ def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: An
                example_kwargs: dict[str, Any] | None = None, atol: float = 1e-5,
                rtol: float = 1e-4, generator: torch.Generator | None = None,
                trials: int = 1, float64: bool = True, relative: float = 1e-6,
-               permutations: Iterable[Mapping[str, torch.Tensor]] | None = None) -> float:
+               permutations: Iterable[Mapping[str, torch.Tensor]] | None = None,
+               outputs: Sequence[str | int] | None = None) -> float:
     """Permute every group at random (each group of two or more units moved) and raise
     SpecError if the model's outputs change.
 
@@ -293,7 +322,9 @@ def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: An
     magnitude: float32 round-off (~1e-6 relative) would hide small real changes (a permuted
     position-index buffer). Where the model does not run in float64 the comparison is in its
     own dtype with ``atol``/``rtol``; ``atol=math.inf`` only measures (never raises).
-    ``permutations``, when given, are checked instead of ``trials`` random ones. Returns
+    ``permutations``, when given, are checked instead of ``trials`` random ones.
+    ``outputs`` names the output entries that must be preserved (:func:`select_outputs`;
+    default all). Returns
     the largest absolute output difference seen; ``model`` itself is not modified.
 
     Every forward runs on a fresh copy (some models cache tensors derived from their weights
@@ -309,19 +340,19 @@ def check_spec(model: torch.nn.Module, spec: PermutationSpec, example_inputs: An
     if float64:
         inputs64, kwargs64 = (cast_floats(example_inputs, torch.float64),
                               cast_floats(kwargs, torch.float64))
-        reference = _reference_outputs(model, torch.float64, inputs64, kwargs64)
+        reference = _reference_outputs(model, torch.float64, inputs64, kwargs64, outputs)
         if reference is not None:
             dtype, example_inputs, kwargs = torch.float64, inputs64, kwargs64
     exact = reference is not None
     if not exact:
-        reference = _reference_outputs(model, None, example_inputs, kwargs)
+        reference = _reference_outputs(model, None, example_inputs, kwargs, outputs)
     worst = 0.0
     if permutations is None:  # every group moves: none can pass by staying in place
         permutations = (moving_permutation(spec, generator) for _ in range(trials))
     for perm in permutations:
         work = _eval_copy(model, dtype)
         permute_in_place(work, spec, perm)
-        permuted = _flat_outputs(work(*example_inputs, **kwargs))
+        permuted = _flat_outputs(work(*example_inputs, **kwargs), outputs)
         del work
         for ref, got in zip(reference, permuted, strict=True):
             diff = (ref - got).abs().max().item() if ref.numel() else 0.0

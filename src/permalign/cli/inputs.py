@@ -247,7 +247,8 @@ def resolve_inputs(args: argparse.Namespace, *, checkpoints: Sequence[str | Path
         resolved = resolve(name, shape, classes, seed=model_seed,
                            infer=getattr(args, "infer", False), spec_path=spec_path,
                            check=not getattr(args, "no_spec_check", False),
-                           need_spec=need_spec, min_outputs=classes if need_data is True else 0)
+                           need_spec=need_spec, min_outputs=classes if need_data is True else 0,
+                           outputs=getattr(args, "outputs", None))
     model = resolved.model
     wanted = need_data is True or (callable(need_data) and need_data(model))
     if wanted and text:

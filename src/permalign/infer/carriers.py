@@ -27,7 +27,7 @@ other group.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -103,10 +103,12 @@ def with_carrier(spec: PermutationSpec, places: list[Place], size: int) -> Permu
 
 
 def add_expert_carriers(model: nn.Module, spec: PermutationSpec, example_inputs: tuple,
-                        example_kwargs: dict[str, Any] | None = None) -> PermutationSpec:
+                        example_kwargs: dict[str, Any] | None = None,
+                        outputs: Sequence[str | int] | None = None) -> PermutationSpec:
     """``spec`` with a carrier group for every mixture-of-experts layer whose experts the
-    model confirms may be relabelled together with a router (see the module docstring);
-    unchanged where no family or no confirmed router exists."""
+    model confirms may be relabelled together with a router (see the module docstring; the
+    confirmation compares the output entries ``outputs`` names, default all); unchanged where
+    no family or no confirmed router exists."""
     state = model.state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for experts, slots in expert_families(spec, shapes):
@@ -119,7 +121,8 @@ def add_expert_carriers(model: nn.Module, spec: PermutationSpec, example_inputs:
             shuffled = random_permutation(candidate, torch.Generator().manual_seed(1))
             try:
                 check_spec(model, candidate, example_inputs, example_kwargs=example_kwargs,
-                           atol=1e-4, rtol=1e-3, permutations=[moved, shuffled])
+                           atol=1e-4, rtol=1e-3, permutations=[moved, shuffled],
+                           outputs=outputs)
             except SpecError:
                 continue
             spec = candidate

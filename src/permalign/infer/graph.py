@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -95,9 +96,40 @@ def export_graph(model: nn.Module, args: tuple, kwargs: dict[str, Any]):
                         f"{first}); pass example inputs it accepts") from None
 
 
-def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = None
-                        ) -> PermutationSpec:
-    """Propagate axes through an exported program and build the spec."""
+def preserved_leaves(program, outputs: Sequence[str | int] | None) -> set[int] | None:
+    """Positions, among the exported program's user outputs (flattened), of the leaves under
+    the top-level output entries ``outputs`` names (ModelOutput or dict keys, tuple
+    positions); None (all of them) when ``outputs`` is None."""
+    if outputs is None:
+        return None
+    tree = program.call_spec.out_spec
+    children = list(tree.children() if hasattr(tree, "children") else tree.children_specs)
+    if not children:  # one tensor
+        if list(outputs) not in ([0], ["0"]):
+            raise SpecError("the model returns one tensor; preserve its outputs=None (or [0])")
+        return {0}
+    keys = tree.context if isinstance(tree.context, list | tuple) and len(tree.context) == len(
+        children) else list(range(len(children)))
+    spans, start = {}, 0
+    for key, child in zip(keys, children):
+        spans[key] = range(start, start + child.num_leaves)
+        start += child.num_leaves
+    chosen: set[int] = set()
+    for name in outputs:
+        key = name if name in spans else (int(name) if str(name).isdigit() else name)
+        if key not in spans:
+            raise SpecError(f"the model's output has no {name!r}; it has "
+                            f"{', '.join(map(str, spans))}")
+        chosen.update(spans[key])
+    return chosen
+
+
+def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = None,
+                        outputs: Sequence[str | int] | None = None) -> PermutationSpec:
+    """Propagate axes through an exported program and build the spec. Axes of the outputs
+    are fixed, only those under ``outputs`` when given (:func:`preserved_leaves`)."""
+    keep = preserved_leaves(program, outputs)
+    kinds = [o.kind.name for o in program.graph_signature.output_specs]
     rules = {**RULES, **(extra_rules or {})}
     ctx = Context()
     experts = ExpertTracker()
@@ -139,7 +171,13 @@ def infer_from_exported(model: nn.Module, program, extra_rules: dict | None = No
                     ctx.fix(t, f"tensor outside the state dict ({target})")
             continue
         if node.op == "output":
-            for leaf in torch.utils._pytree.tree_leaves(node.args):
+            user = 0
+            for position, leaf in enumerate(torch.utils._pytree.tree_leaves(node.args)):
+                is_user = position >= len(kinds) or kinds[position] == "USER_OUTPUT"
+                if is_user:
+                    user += 1
+                if is_user and keep is not None and user - 1 not in keep:
+                    continue  # an output the caller does not need preserved
                 if isinstance(leaf, Node):
                     for t in ctx.terms(leaf) or []:
                         ctx.fix(t, "model output")
@@ -225,14 +263,18 @@ def _build_spec(ctx: Context, placeholder_keys: dict[Node, list[str]],
 
 def infer_spec(model: nn.Module, example_inputs: Any, *,
                example_kwargs: dict[str, Any] | None = None, check: bool = True,
-               extra_rules: dict | None = None) -> PermutationSpec:
+               extra_rules: dict | None = None,
+               outputs: Sequence[str | int] | None = None) -> PermutationSpec:
     """Infer the permutation spec of ``model`` from its ``torch.export`` graph.
 
     ``example_inputs`` (a tensor or tuple) and ``example_kwargs`` are what the model is called
     with. Axes touching inputs or outputs are fixed; ops without a rule raise SpecError naming
     the op and where it came from. With ``check`` the result is verified by :func:`check_spec`.
     Mixture-of-experts layers get a carrier group for the experts axis where a forward pass
-    confirms it (:mod:`permalign.infer.carriers`), whatever ``check`` says.
+    confirms it (:mod:`permalign.infer.carriers`), whatever ``check`` says. ``outputs`` names
+    the output entries that must stay unchanged (e.g. ``["logits"]`` of a model called with
+    ``output_hidden_states=True`` or ``output_router_logits=True``); the others are free to
+    come out permuted. Default: every output.
     ``extra_rules`` adds or overrides op rules for this call (see ``register_rule``).
     """
     if not isinstance(example_inputs, tuple):
@@ -242,15 +284,16 @@ def infer_spec(model: nn.Module, example_inputs: Any, *,
     model.eval()  # trace inference behaviour (BatchNorm running stats, no dropout)
     try:
         program = export_graph(model, example_inputs, kwargs)
-        spec = infer_from_exported(model, program, extra_rules)
+        spec = infer_from_exported(model, program, extra_rules, outputs)
     finally:
         for module, training in modes.items():
             module.training = training
     spec.validate(model.state_dict())
     if any(m.select for g in spec.groups.values() for m in g.members):
         from .carriers import add_expert_carriers  # experts relabelled with their router
-        spec = add_expert_carriers(model, spec, example_inputs, kwargs)
+        spec = add_expert_carriers(model, spec, example_inputs, kwargs, outputs)
     if check:
         from ..permutation import check_spec
-        check_spec(model, spec, example_inputs, example_kwargs=kwargs, atol=1e-4, rtol=1e-3)
+        check_spec(model, spec, example_inputs, example_kwargs=kwargs, atol=1e-4, rtol=1e-3,
+                   outputs=outputs)
     return spec
