@@ -36,3 +36,14 @@ def trained(digits):
 def same_perm(found, truth) -> bool:
     return set(found) == set(truth) and all(torch.equal(torch.as_tensor(found[k]), truth[k])
                                             for k in truth)
+
+
+def catalogue_model(name: str):
+    """``(model, inputs, kwargs)`` of a catalogue case (weights from seed 0), skipping the test
+    where the case's library does not import here."""
+    from permalign.testing import CASES
+    case = CASES[name]
+    if case.unavailable():
+        pytest.skip(case.unavailable())
+    inputs, kwargs = case.inputs()
+    return case.model(0), inputs, kwargs

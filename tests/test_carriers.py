@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import same_perm
+from conftest import catalogue_model, same_perm
 from permalign.errors import SpecError
 from permalign.infer import infer_spec
 from permalign.match import weight_matching
@@ -212,12 +212,7 @@ def test_real_moe_experts_axis(name):
     router's rows (and DeepSeek-V3's balancing bias) and the experts, except DeepSeek-V3 with
     group-limited routing (``n_group`` > 1: experts may only move within their group, which a
     carrier cannot express, and the cyclic shift the proposal checks is refused)."""
-    from permalign.testing import CASES
-    case = CASES[name]
-    if case.unavailable():
-        pytest.skip(case.unavailable())
-    model = case.model(0)
-    inputs, kwargs = case.inputs()
+    model, inputs, kwargs = catalogue_model(name)
     spec = infer_spec(model, inputs, example_kwargs=kwargs)
     carriers = spec.carried()
     sparse = [n for n, mod in model.named_modules() if n.endswith("mlp.experts")]

@@ -10,6 +10,7 @@ from permalign.cli import main
 from permalign.errors import SpecError
 from permalign.infer import infer_spec
 from permalign.permutation import apply_permutation, check_spec, random_permutation
+from conftest import catalogue_model
 from test_infer import free_places
 
 FACTORY = '''
@@ -36,21 +37,11 @@ def build():
 '''
 
 
-def _case(name):
-    from permalign.testing import CASES
-    case = CASES[name]
-    if case.unavailable():
-        pytest.skip(case.unavailable())
-    return case
-
-
 def test_hidden_states_left_out_free_the_residual_stream():
     """GPT-2 called with output_hidden_states=True returns the residual stream, which fixes
     it; preserving only the logits frees it again, and a permutation then keeps the logits
     (through load_state_dict) while the hidden states come out permuted."""
-    case = _case("transformers/gpt2")
-    model = case.model(0)
-    inputs, kwargs = case.inputs()
+    model, inputs, kwargs = catalogue_model("transformers/gpt2")
     kwargs = {**kwargs, "output_hidden_states": True}
     every = infer_spec(model, inputs, example_kwargs=kwargs)
     logits_only = infer_spec(model, inputs, example_kwargs=kwargs, outputs=["logits"])
@@ -71,9 +62,7 @@ def test_hidden_states_left_out_free_the_residual_stream():
 def test_router_logits_left_out_let_the_experts_move():
     """Mixtral with output_router_logits=True returns the router's scores over the experts,
     so the experts cannot move; preserving only the logits gives every layer its carrier."""
-    case = _case("transformers/mixtral")
-    model = case.model(0)
-    inputs, kwargs = case.inputs()
+    model, inputs, kwargs = catalogue_model("transformers/mixtral")
     kwargs = {**kwargs, "output_router_logits": True}
     assert not infer_spec(model, inputs, example_kwargs=kwargs).carried()
     spec = infer_spec(model, inputs, example_kwargs=kwargs, outputs=["logits"])
@@ -81,9 +70,7 @@ def test_router_logits_left_out_let_the_experts_move():
 
 
 def test_unknown_output_names_are_one_line_errors():
-    case = _case("transformers/gpt2")
-    model = case.model(0)
-    inputs, kwargs = case.inputs()
+    model, inputs, kwargs = catalogue_model("transformers/gpt2")
     with pytest.raises(SpecError, match="has no 'logit'; it has logits") as info:
         infer_spec(model, inputs, example_kwargs=kwargs, outputs=["logit"])
     assert "\n" not in str(info.value)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import catalogue_model
 from permalign.testing import CASES, run_case
 
 # Cases known to fail with today's inference rules, and why. strict: a fix makes the test
@@ -130,11 +131,7 @@ def test_activation_matching_recovers_planted_copies(name):
     from permalign.infer import infer_spec
     from permalign.match.activation import activation_matching
     from permalign.permutation import apply_permutation, random_permutation
-    case = CASES[name]
-    if case.unavailable():
-        pytest.skip(case.unavailable())
-    model = case.model(0)
-    inputs, kwargs = case.inputs()
+    model, inputs, kwargs = catalogue_model(name)
     spec = infer_spec(model, inputs, example_kwargs=kwargs)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     shuffled = apply_permutation(spec, random_permutation(spec, torch.Generator().manual_seed(1)),
