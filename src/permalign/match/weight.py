@@ -296,8 +296,10 @@ class _Matcher:
         unpermuted, minus the slot units' part of that (the trace of ``S_ij``), plus the
         assignment value of ``S_ij``, the slot units' similarity (other groups as they stand).
         One assignment over ``C`` then moves the slices, and each slot takes its pair's best
-        unit matching. That is ``E**2`` assignments of the slot size plus one of size ``E``.
-        Returns whether the objective rose (then every moved permutation is set).
+        unit matching. That is ``E**2`` assignments of the slot size plus one of size ``E``,
+        and the slot rows of both models' experts of this carrier in float32 at once (in the
+        bounded mode too). Returns whether the objective rose (then every moved permutation is
+        set).
         """
         carried, size = self.carried[name], self.spec.groups[name].size
         units = self.spec.groups[carried.slots[0]].size
