@@ -1,11 +1,13 @@
 """Weight matching (Git Re-Basin Algorithm 1): coordinate descent over permutation groups.
 
 For group p the similarity is ``S = sum over members (key, axis) of A_rows @ B_rows.T``, with
-model B's other axes already permuted. Each group keeps two matrices of shape ``(n, D)``: A's
-rows of every member side by side (built once), and B's rows with the *other* groups'
-permutations applied (its own axis in B's original order), so S is one product. When a group's
-permutation changes, only the column blocks of its neighbours' B matrices that hold a tensor it
-touches are marked stale; they are re-gathered when that neighbour is next solved.
+model B's other axes already permuted. Each group keeps, per member (a *block*), A's rows
+``(n, d)`` (built once) and B's rows with the *other* groups' permutations applied (its own
+axis in B's original order), each a contiguous tensor of its own: S is one product per block,
+summed in float32 as Algorithm 1 written out does. When a group's permutation changes, only the
+blocks of its neighbours that hold a tensor it touches are marked stale; they are re-gathered
+(one gather straight into a new tensor, no copy into a wider matrix) when that neighbour is
+next solved.
 
 A group none of whose blocks went stale since its last solve has the same similarity as then, so
 solving it again gives the same answer and no progress: it is skipped. This changes nothing in
@@ -98,16 +100,16 @@ INCREMENTAL_SHARE = 0.3
 
 @dataclass(frozen=True)
 class _Block:
-    """One member of a group: its columns in the group's matrices, the members it depends on.
+    """One member of a group: its tensor, the members it depends on.
 
     ``shape4`` is set when exactly one other plain member acts on the tensor (the usual
-    weight between two groups): the block's columns then view as ``(pre, units, post)`` over
+    weight between two groups): the block's rows then view as ``(pre, units, post)`` over
     that member's units, and a change of a few of them updates the similarity incrementally.
     """
 
     key: str
     member: Member
-    cols: slice
+    width: int  # columns of the block's rows (n, width)
     others: Others  # every other (group, member) acting on the same tensor
     shape4: tuple[int, int, int] | None = None  # (pre, units of the other group, post)
 
@@ -158,6 +160,7 @@ class _Matcher:
             self.b = float_state({k: state_b[k] for k in keys}, device)
             where = next(iter(self.b.values())).device if self.b else None
             shapes = a
+        self.b_device = where if where is not None else torch.device("cpu")
         self.perm = {n: torch.as_tensor(p, dtype=torch.long, device=where)
                      for n, p in perm.items()}
         by_key: dict[str, list[tuple[str, Member]]] = {}
@@ -166,29 +169,27 @@ class _Matcher:
                 if m.key in keys:
                     by_key.setdefault(m.key, []).append((n, m))
         self.blocks: dict[str, list[_Block]] = {}
-        self.a_rows: dict[str, torch.Tensor] = {}  # (n, D) per group
-        self.b_rows: dict[str, torch.Tensor] = {}  # (n, D) per group, refreshed when stale
+        self.a_rows: dict[str, list[torch.Tensor]] = {}  # per group, per block (n, d)
+        self.b_rows: dict[str, list[torch.Tensor | None]] = {}  # the same, refreshed when stale
         self.sim: dict[str, torch.Tensor | None] = {}  # (n, n) float64, or None
         self.applied: dict[tuple[str, int], torch.Tensor] = {}  # other's perm in a block
         self.stale: dict[str, set[int]] = {}
         self.dependents: dict[str, list[tuple[str, int]]] = {n: [] for n in spec.groups}
         self.current: dict[str, bool] = {}  # similarity unchanged since the last solve
         for n, g in spec.groups.items():
-            blocks, parts, col = [], [], 0
+            blocks, parts = [], []
             for m in (m for m in g.members if m.key in keys):
                 rows = unit_view(shapes[m.key], m, g.size)  # (n, d); a stub when bounded
                 others = tuple(e for e in by_key[m.key] if e != (n, m))
-                blocks.append(_Block(m.key, m, slice(col, col + rows.shape[1]), others,
+                blocks.append(_Block(m.key, m, rows.shape[1], others,
                                      _block_shape(shapes[m.key], m, others)))
                 for q in {q for q, _ in others}:
                     self.dependents[q].append((n, len(blocks) - 1))
                 parts.append(rows)
-                col += rows.shape[1]
             self.blocks[n] = blocks
             if not bounded:
-                self.a_rows[n] = (torch.cat(parts, 1) if parts
-                                  else torch.zeros(g.size, 0, device=where))
-                self.b_rows[n] = torch.empty_like(self.a_rows[n])
+                self.a_rows[n] = [rows.contiguous() for rows in parts]
+                self.b_rows[n] = [None] * len(parts)
             self.sim[n] = None
             self.stale[n] = set(range(len(blocks)))
             self.current[n] = False
@@ -203,16 +204,16 @@ class _Matcher:
         self.time_similarity = 0.0
         self.time_solver = 0.0
 
-    def _rows4(self, rows: torch.Tensor, block: _Block) -> torch.Tensor:
-        """A block's columns of ``rows`` viewed as (n, pre, units, post)."""
-        return rows[:, block.cols].view(rows.shape[0], *block.shape4)
+    @staticmethod
+    def _rows4(rows: torch.Tensor, block: _Block) -> torch.Tensor:
+        """A block's rows (n, d) viewed as (n, pre, units, post)."""
+        return rows.view(rows.shape[0], *block.shape4)
 
     def refresh(self, name: str) -> None:
         """Re-gather group ``name``'s stale blocks, updating its cached similarity if cheaper."""
         if not self.stale[name] or self.bounded:
             return
         size = self.spec.groups[name].size
-        rows = self.b_rows[name]
         stale = sorted(self.stale[name])
         self.stale[name].clear()
         moved: dict[int, torch.Tensor] = {}  # block -> indices of the other group's units
@@ -226,14 +227,14 @@ class _Matcher:
             else:
                 touched = sum(len(idx) * b.shape4[0] * b.shape4[2] for i, idx in moved.items()
                               for b in [self.blocks[name][i]])
-                if touched <= INCREMENTAL_SHARE * rows.shape[1]:
+                if touched <= INCREMENTAL_SHARE * sum(b.width for b in self.blocks[name]):
                     self._update(name, moved)
                     return
         self.sim[name] = None
         for i in stale:
             block = self.blocks[name][i]
-            rows[:, block.cols] = permuted_rows(self.b[block.key], block.member, size,
-                                                block.others, self.perm)
+            self.b_rows[name][i] = permuted_rows(self.b[block.key], block.member, size,
+                                                 block.others, self.perm).contiguous()
             if block.shape4 is not None:
                 self.applied[(name, i)] = self.perm[block.others[0][0]]
 
@@ -246,13 +247,13 @@ class _Matcher:
             self.applied[(name, i)] = self.perm[other]
             if len(idx) == 0:
                 continue
-            b4 = self._rows4(self.b_rows[name], block)  # (n, pre, units, post) view
+            b4 = self._rows4(self.b_rows[name][i], block)  # (n, pre, units, post) view
             view = self.b[block.key].movedim(block.member.axis, 0)
             axis = member.axis + 1 if member.axis < block.member.axis else member.axis
             new = torch.index_select(view, axis, self.perm[other][idx]).reshape(
                 b4.shape[0], block.shape4[0], len(idx), block.shape4[2])
             d_parts.append((new - b4.index_select(2, idx)).reshape(b4.shape[0], -1))
-            a_parts.append(self._rows4(self.a_rows[name], block).index_select(2, idx)
+            a_parts.append(self._rows4(self.a_rows[name][i], block).index_select(2, idx)
                            .reshape(b4.shape[0], -1))
             b4.index_copy_(2, idx, new)
         self.updates += 1
@@ -269,8 +270,11 @@ class _Matcher:
             return out
         self.refresh(name)
         if self.sim[name] is None:
-            a, b = self.a_rows[name], self.b_rows[name]  # (n, D) each
-            self.sim[name] = matmul_nt(a, b, self.threads).double()  # (n, n)
+            size = self.spec.groups[name].size
+            sim = torch.zeros(size, size, device=self.b_device)  # (n, n), float32 sums
+            for a, b in zip(self.a_rows[name], self.b_rows[name]):  # (n, d) each
+                sim += matmul_nt(a, b, self.threads)
+            self.sim[name] = sim.double()
         out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
         return out
