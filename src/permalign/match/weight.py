@@ -233,6 +233,7 @@ class _Matcher:
         self.sim[name] = None
         for i in stale:
             block = self.blocks[name][i]
+            self.b_rows[name][i] = None  # released before its replacement is made
             self.b_rows[name][i] = permuted_rows(self.b[block.key], block.member, size,
                                                  block.others, self.perm).contiguous()
             if block.shape4 is not None:
