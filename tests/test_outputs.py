@@ -71,13 +71,13 @@ def test_router_logits_left_out_let_the_experts_move():
 
 def test_unknown_output_names_are_one_line_errors():
     model, inputs, kwargs = catalogue_model("transformers/gpt2")
-    with pytest.raises(SpecError, match="has no 'logit'; it has logits") as info:
+    with pytest.raises(SpecError, match="has no 'logit'; it has 'logits'") as info:
         infer_spec(model, inputs, example_kwargs=kwargs, outputs=["logit"])
     assert "\n" not in str(info.value)
     plain = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
-    with pytest.raises(SpecError, match="returns one tensor"):
+    with pytest.raises(SpecError, match="returns one tensor, so there are no outputs"):
         infer_spec(plain, torch.randn(3, 4), outputs=["logits"])
-    assert len(infer_spec(plain, torch.randn(3, 4), outputs=[0]).groups) == 1
+    assert len(infer_spec(plain, torch.randn(3, 4)).groups) == 1
 
 
 def test_cli_outputs_flag_on_a_tuple_output(tmp_path, monkeypatch, capsys):
@@ -97,3 +97,75 @@ def test_cli_outputs_flag_on_a_tuple_output(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "not one of its positions 0..1" in err or "has no" in err
     assert len(err.strip().splitlines()) == 1
+
+
+class DictOutputs(nn.Module):
+    """``{"aux": None, "0": logits, "hidden": features}``: an entry without a tensor and a key
+    made of digits."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        features = self.body(x)
+        return {"aux": None, "0": self.head(features), "hidden": features}
+
+
+def test_output_names_resolve_or_fail_in_one_line():
+    """A key made of digits is found as a key; an entry holding no tensor, an empty list, a
+    boolean or a nested list are refused in one line; a single string is one name."""
+    from permalign.diagnose import output_change
+    torch.manual_seed(0)
+    model, x = DictOutputs().eval(), torch.randn(5, 4)
+    spec = infer_spec(model, x, outputs=["0"])  # the logits: the hidden layer is free
+    assert len(spec.groups) == 1
+    assert len(infer_spec(model, x, outputs="0").groups) == 1
+    for bad, message in ((["aux"], "holds no tensor"), ([], "at least one output"),
+                         ([True], "neither a key nor a position"),
+                         ([["0"]], "neither a key nor a position"), (["nope"], "has no 'nope'")):
+        with pytest.raises(SpecError, match=message) as info:
+            infer_spec(model, x, outputs=bad)
+        assert "\n" not in str(info.value)
+    hidden_only = infer_spec(model, x, outputs=["hidden"])  # the logits' classes may move
+    assert list(hidden_only.groups) == ["head.weight:0"] and "body.0.weight:0" in \
+        hidden_only.fixed
+    change = output_change(model, spec, model.state_dict(), (x,), {}, outputs=["0"])
+    assert change["preserved"]  # diagnose compares only the chosen outputs
+    assert not output_change(model, spec, model.state_dict(), (x,), {})["preserved"]
+
+
+class KeywordCall(nn.Module):
+    """A Linear called with its input as a keyword (``self.l2(input=h)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.l2(input=torch.relu(self.l1(x)))
+
+
+def test_activation_matching_reads_keyword_inputs():
+    from permalign.data import Dataset
+    from permalign.match.activation import activation_matching
+    from permalign.permutation import invert
+    torch.manual_seed(0)
+    model, x = KeywordCall().eval(), torch.randn(64, 4)
+    spec = infer_spec(model, x[:2])
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    planted = random_permutation(spec, torch.Generator().manual_seed(1))
+    labels = torch.zeros(64, dtype=torch.long)
+    result = activation_matching(spec, state, apply_permutation(spec, planted, state),
+                                 model=model, data=Dataset("kw", x, labels, x, labels,
+                                                           num_classes=3))
+    assert all(torch.equal(result.perm[g], invert(planted, spec)[g]) for g in spec.groups)
+
+
+def test_zoo_spec_refuses_outputs_without_infer(capsys):
+    """A zoo model's hand-written spec is not inferred: --outputs there is refused in one line
+    rather than silently ignored."""
+    code = main(["spec", "--model", "mlp:depth=2,width=16", "--outputs", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--infer" in err and len(err.strip().splitlines()) == 1

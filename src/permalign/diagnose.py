@@ -86,16 +86,18 @@ def spec_coverage(model: nn.Module, spec: PermutationSpec) -> dict[str, Any]:
 
 
 def output_change(model: nn.Module, spec: PermutationSpec, state: StateDict, args: tuple,
-                  kwargs: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
-    """The largest output change when ``state`` is permuted at random by ``spec``, against the
-    tolerance spec checks use (1e-4 + 1e-3 x the output's scale)."""
+                  kwargs: dict[str, Any], *, seed: int = 0, outputs: Any = None
+                  ) -> dict[str, Any]:
+    """The largest change of the outputs ``outputs`` names (default all) when ``state`` is
+    permuted at random by ``spec``, against the tolerance spec checks use (1e-4 + 1e-3 x the
+    output's scale)."""
     work = copy.deepcopy(model)
     work.load_state_dict(state)
     with torch.no_grad():
-        scale = max((float(t.abs().max()) for t in _flat_outputs(work.eval()(*args, **kwargs))
-                     if t.numel()), default=0.0)
+        scale = max((float(t.abs().max()) for t in _flat_outputs(
+            work.eval()(*args, **kwargs), outputs) if t.numel()), default=0.0)
     diff = check_spec(work, spec, args, example_kwargs=kwargs, atol=math.inf, rtol=0.0,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), outputs=outputs)
     tolerance = 1e-4 + 1e-3 * scale
     return {"max_abs_diff": diff, "output_scale": scale, "tolerance": tolerance,
             "preserved": bool(diff <= tolerance)}
@@ -184,13 +186,14 @@ def diagnose(model: nn.Module, spec: PermutationSpec, state_a: StateDict, state_
              data: Dataset | None = None, init_a: StateDict | None = None,
              init_b: StateDict | None = None, method: str = "weight",
              method_options: dict[str, Any] | None = None, seed: int = 0, points: int = 11,
-             eval_examples: int | None = 2000, device: torch.device | str = "cpu"
-             ) -> Diagnosis:
+             eval_examples: int | None = 2000, device: torch.device | str = "cpu",
+             outputs: Any = None) -> Diagnosis:
     """Measure why aligning/merging ``state_b`` with ``state_a`` may go wrong (see the module
     docstring). ``example_args``/``example_kwargs`` call the model for the function check;
     ``data`` enables the activation and barrier measurements (evaluated on at most
     ``eval_examples`` per split, ``points`` along each line); ``init_a``/``init_b`` are the
-    initial weights, if known."""
+    initial weights, if known; ``outputs``: the outputs the function check compares (default
+    all)."""
     kwargs = dict(example_kwargs or {})
     sizes = [g.size for g in spec.groups.values()]
     if not sizes:
@@ -199,7 +202,8 @@ def diagnose(model: nn.Module, spec: PermutationSpec, state_a: StateDict, state_
     info = {"parameters": sum(state[k].numel() for k in parameter_keys(model)),
             "groups": len(sizes), "smallest_group": min(sizes), "largest_group": max(sizes),
             "median_group": statistics.median(sizes), "batchnorm": has_batchnorm(model)}
-    function = output_change(model, spec, state_a, example_args, kwargs, seed=seed)
+    function = output_change(model, spec, state_a, example_args, kwargs, seed=seed,
+                             outputs=outputs)
     planted = planted_self_test(spec, state_a, seed=seed)
     _, result = align(method, spec, model, state_a, state_b, data=data, seed=seed,
                       device=device, **(method_options or {}))

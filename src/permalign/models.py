@@ -24,7 +24,7 @@ from torch import nn
 
 from . import zoo
 from .errors import PermalignError, first_line
-from .permutation import check_spec
+from .permutation import OutputNameError, check_spec
 from .spec import PermutationSpec
 
 LIBRARY_KINDS = ("hf", "timm", "torchvision")
@@ -181,6 +181,8 @@ def load_spec_for(path: str | Path, model: nn.Module, example: torch.Tensor | Ex
         try:
             check_spec(model, spec, example.args, example_kwargs=example.kwargs, atol=1e-4,
                        rtol=1e-3, outputs=outputs)
+        except OutputNameError:
+            raise  # a typo in --outputs, not a wrong spec
         except PermalignError as exc:
             raise type(exc)(f"--spec {path}: {exc} (pass --no-spec-check to use it anyway)"
                             ) from None
@@ -235,6 +237,11 @@ def resolve(model_string: str, input_shape: tuple[int, ...], num_classes: int, *
     example = example_for(model, kind, input_shape, seed)
     if kind == "factory":  # a zoo model fits its shape by construction
         check_forward(model, model_string, example, min_outputs)
+    if outputs is not None and kind == "zoo" and not infer and spec_path is None \
+            and need_spec:
+        raise PermalignError("--outputs chooses what an inferred or checked spec must "
+                             "preserve, and a zoo model's spec is written by hand; add --infer "
+                             "(or give --spec)")
     if not need_spec:
         spec = None
     elif spec_path is not None:

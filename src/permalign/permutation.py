@@ -223,29 +223,55 @@ def keep_metadata(state: dict[str, torch.Tensor], source: Mapping[str, torch.Ten
 
 
 # ------------------------------------------------------------------ checking
-def select_outputs(out: Any, outputs: Sequence[str | int] | None) -> Any:
+class OutputNameError(SpecError):
+    """``outputs`` names something the model's output does not have (a typo, not a wrong
+    spec)."""
+
+
+def output_keys(available: Sequence[Any], outputs: Any) -> list[Any]:
+    """The entries of ``available`` (a model output's keys, or positions ``0..n-1``) that
+    ``outputs`` names: a name or a list of names, each a key, or a position given as an int
+    or a string of ASCII digits. OutputNameError (one line) for anything else, for an empty
+    list, or for a name the output lacks."""
+    names = [outputs] if isinstance(outputs, str | int) else outputs
+    if not isinstance(names, list | tuple) or not names:
+        raise OutputNameError("outputs must name at least one output (e.g. ['logits'])")
+    chosen = []
+    for name in names:
+        if isinstance(name, bool) or not isinstance(name, str | int):
+            raise OutputNameError(f"output name {name!r} is neither a key nor a position")
+        digits = isinstance(name, str) and name.isascii() and name.isdecimal()
+        for key in (name, int(name) if digits else None, str(name) if isinstance(name, int)
+                    else None):
+            if key is not None and key in available:
+                chosen.append(key)
+                break
+        else:
+            raise OutputNameError(f"the model's output has no {name!r}; it has "
+                                  f"{', '.join(repr(k) for k in available)}")
+    return chosen
+
+
+def select_outputs(out: Any, outputs: Any) -> Any:
     """The entries ``outputs`` names of a model's output (keys of a Hugging Face ModelOutput
-    or a dict, positions of a tuple or list); all of it when None. SpecError for a name the
-    output lacks."""
+    or a dict, positions of a tuple or list, :func:`output_keys`); all of it when None.
+    OutputNameError for a name the output lacks or an entry that holds no tensor."""
     if outputs is None:
         return out
     if isinstance(out, Mapping):  # ModelOutput is an OrderedDict
-        names = list(out.keys())
-        missing = [o for o in outputs if o not in names]
-        if missing:
-            raise SpecError(f"the model's output has no {missing[0]!r}; it has "
-                            f"{', '.join(map(str, names))}")
-        return tuple(out[o] for o in outputs)
-    if isinstance(out, tuple | list):
-        bad = [o for o in outputs if not (isinstance(o, int) or str(o).isdigit())
-               or not 0 <= int(o) < len(out)]
-        if bad:
-            raise SpecError(f"the model returns a sequence of {len(out)} outputs; "
-                            f"{bad[0]!r} is not one of its positions 0..{len(out) - 1}")
-        return tuple(out[int(o)] for o in outputs)
-    if list(outputs) in ([0], ["0"]):
-        return out
-    raise SpecError("the model returns one tensor; preserve its outputs=None (or [0])")
+        keys, entries = list(out.keys()), out
+    elif isinstance(out, tuple | list):
+        keys, entries = list(range(len(out))), out
+    else:
+        raise OutputNameError("the model returns one tensor, so there are no outputs to "
+                              "choose; leave out --outputs (outputs=None)")
+    chosen = output_keys(keys, outputs)
+    for key in chosen:
+        from torch.utils._pytree import tree_leaves
+        if not any(isinstance(t, torch.Tensor) for t in tree_leaves(entries[key])):
+            raise OutputNameError(f"output {key!r} holds no tensor, so it cannot be preserved;"
+                                  " name an output that does")
+    return tuple(entries[key] for key in chosen)
 
 
 def _flat_outputs(out: Any, outputs: Sequence[str | int] | None = None) -> list[torch.Tensor]:

@@ -59,6 +59,14 @@ def consumer_sites(model: nn.Module, spec: PermutationSpec, *, strict: bool = Tr
     return sites
 
 
+def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A Linear/Conv call's input, passed by position or by keyword (``input=``)."""
+    if args:
+        return args[0]
+    return kwargs.get("input", next((v for v in kwargs.values()
+                                     if isinstance(v, torch.Tensor)), None))
+
+
 @contextmanager
 def record_inputs(model: nn.Module, names: set[str]) -> Iterator[dict[str, torch.Tensor]]:
     """While active, ``store[name]`` lists the inputs of each named module in call order
@@ -67,9 +75,10 @@ def record_inputs(model: nn.Module, names: set[str]) -> Iterator[dict[str, torch
     store: dict[str, list[torch.Tensor]] = {}
     handles = []
     for name in names:
-        def hook(_module, args, _name=name):
-            store.setdefault(_name, []).append(args[0])
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+        def hook(_module, args, kwargs, _name=name):
+            store.setdefault(_name, []).append(first_input(args, kwargs))
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook,
+                                                                          with_kwargs=True))
     try:
         yield store
     finally:

@@ -188,6 +188,10 @@ def cmd_align(args: argparse.Namespace) -> int:
     start = f" from the {result.info['init']} start" if "init" in result.info else ""
     objective = f"{result.history[-1]:.6g}" if result.history else "not computed"
     print(f"{args.method} matching{start}: {len(result.history)} steps, objective {objective}")
+    if result.info.get("unobserved"):
+        unseen = result.info["unobserved"]
+        print(f"{len(unseen)} groups observed nowhere, matched by sorted weights: "
+              f"{', '.join(unseen[:3])}{' ...' if len(unseen) > 3 else ''}")
     print(f"weight-matching objective before {change.before:.6g}, after {change.after:.6g} "
           f"(cosine of A and B's weights {change.cosine_before:.4f} -> {change.cosine_after:.4f})")
     return 0
@@ -316,7 +320,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                       inputs.example.kwargs, data=inputs.data, init_a=init_a, init_b=init_b,
                       method=args.method, method_options=options, seed=args.seed,
                       points=args.points, eval_examples=args.eval_subset,
-                      device=inputs.device)
+                      device=inputs.device, outputs=args.outputs)
     print(report.table())
     if args.out:
         record = report.to_json()

@@ -94,18 +94,18 @@ SEED = integer(0, MAX_SEED)
 COUNT = integer(1)  # sizes of subsets, batches
 
 
-def output_names(text: str) -> list[str | int]:
+def output_names(text: str) -> list[str]:
     """``logits,hidden_states`` or ``0,2``: names (or positions) of model outputs."""
     names = [part.strip() for part in text.split(",")]
     if not all(names):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of output "
                                          "names, e.g. logits or 0,1")
-    return [int(n) if n.isdigit() else n for n in names]
+    return names  # a key, or a position as digits (resolved against the model's output)
 
 
 # ------------------------------------------------------------------ shared options
 def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False,
-                   dataset: str | None = "digits") -> None:
+                   dataset: str | None = "digits", outputs: bool = True) -> None:
     p.add_argument("--model",
                    help="zoo model string (mlp:depth=3,width=512, resnet20:width=4,norm=ln, ...), "
                    "your own factory as package.module:function, a Hugging Face folder as "
@@ -113,10 +113,12 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = False,
                    "zoo); may be left out when the first checkpoint is a Hugging Face folder")
     p.add_argument("--infer", action="store_true",
                    help="infer the spec from the model graph even for zoo models")
-    p.add_argument("--outputs", type=output_names, metavar="NAME[,NAME...]",
-                   help="the model outputs that must stay unchanged when its spec is inferred "
-                   "or checked (keys of a dict or Hugging Face output, e.g. logits, or "
-                   "positions of a tuple); the others may come out permuted (default: all)")
+    if outputs:
+        p.add_argument("--outputs", type=output_names, metavar="NAME[,NAME...]",
+                       help="the model outputs that must stay unchanged when its spec is "
+                       "inferred or checked (keys of a dict or Hugging Face output, e.g. "
+                       "logits, or positions of a tuple); the others may come out permuted "
+                       "(default: all)")
     if spec:
         p.add_argument("--spec", help="permutation spec JSON to use instead of the model's "
                        "own (checked against the model's outputs first)")
@@ -229,7 +231,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
                        "settings can be overridden) and save its state dict. Recipes: "
                        + "; ".join(r.summary() for r in RECIPES.values())
                        + ". Their sources: permalign.recipes.")
-    add_model_args(p)
+    add_model_args(p, outputs=False)
     p.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
                    help="training preset")
     p.add_argument("--seed", type=SEED, default=0,

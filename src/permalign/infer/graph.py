@@ -96,30 +96,30 @@ def export_graph(model: nn.Module, args: tuple, kwargs: dict[str, Any]):
                         f"{first}); pass example inputs it accepts") from None
 
 
-def preserved_leaves(program, outputs: Sequence[str | int] | None) -> set[int] | None:
+def preserved_leaves(program, outputs: Any) -> set[int] | None:
     """Positions, among the exported program's user outputs (flattened), of the leaves under
     the top-level output entries ``outputs`` names (ModelOutput or dict keys, tuple
-    positions); None (all of them) when ``outputs`` is None."""
+    positions: :func:`~permalign.permutation.output_keys`); None (all of them) when
+    ``outputs`` is None."""
+    from ..permutation import OutputNameError, output_keys
     if outputs is None:
         return None
     tree = program.call_spec.out_spec
     children = list(tree.children() if hasattr(tree, "children") else tree.children_specs)
     if not children:  # one tensor
-        if list(outputs) not in ([0], ["0"]):
-            raise SpecError("the model returns one tensor; preserve its outputs=None (or [0])")
-        return {0}
-    keys = tree.context if isinstance(tree.context, list | tuple) and len(tree.context) == len(
-        children) else list(range(len(children)))
+        raise OutputNameError("the model returns one tensor, so there are no outputs to "
+                              "choose; leave out --outputs (outputs=None)")
+    keys = list(tree.context) if isinstance(tree.context, list | tuple) and len(
+        tree.context) == len(children) else list(range(len(children)))
     spans, start = {}, 0
     for key, child in zip(keys, children):
         spans[key] = range(start, start + child.num_leaves)
         start += child.num_leaves
     chosen: set[int] = set()
-    for name in outputs:
-        key = name if name in spans else (int(name) if str(name).isdigit() else name)
-        if key not in spans:
-            raise SpecError(f"the model's output has no {name!r}; it has "
-                            f"{', '.join(map(str, spans))}")
+    for key in output_keys(keys, outputs):
+        if not spans[key]:
+            raise OutputNameError(f"output {key!r} holds no tensor, so it cannot be "
+                                  "preserved; name an output that does")
         chosen.update(spans[key])
     return chosen
 

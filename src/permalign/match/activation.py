@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .. import distributed, lap
 from ..data import Dataset, batches
 from ..errors import PermalignError, SpecError
-from ..sites import consumer_sites, feature_dim, record_inputs
+from ..sites import consumer_sites, feature_dim, first_input, record_inputs
 from ..permutation import apply_permutation, unit_view
 from ..spec import PermutationSpec
 from ..stats import CrossMoments
@@ -98,19 +98,20 @@ def activation_statistics(spec: PermutationSpec, model: nn.Module,
         for name in names:  # B's inputs are consumed as they appear, paired with A's
             dim = feature_dim(model_b.get_submodule(name))
 
-            def hook(_module, args, _name=name, _dim=dim):
-                act_a = acts_a[_name].pop(0)
+            def hook(_module, args, kwargs, _name=name, _dim=dim):
+                act_a, act_b = acts_a[_name].pop(0), first_input(args, kwargs)
                 for group, member in by_module[_name]:
                     size = spec.groups[group].size
                     if (member.key, member.axis) in shared:  # repeats another group orders
                         moments[group].update(
                             invariant_unit_samples(act_a, member, size, _dim),
-                            invariant_unit_samples(args[0], member, size, _dim))
+                            invariant_unit_samples(act_b, member, size, _dim))
                         continue
                     # every non-feature position is a sample: (samples, size) each
                     moments[group].update(unit_view(act_a, member, size, _dim).T,
-                                          unit_view(args[0], member, size, _dim).T)
-            handles.append(model_b.get_submodule(name).register_forward_pre_hook(hook))
+                                          unit_view(act_b, member, size, _dim).T)
+            handles.append(model_b.get_submodule(name).register_forward_pre_hook(
+                hook, with_kwargs=True))
         try:
             with capture(model_a, probed_modules) as seen_a, \
                     capture(model_b, probed_modules) as seen_b:
