@@ -13,6 +13,7 @@ from permalign.errors import SpecError
 from permalign.infer import infer_spec
 from permalign.match import weight_matching
 from permalign.permutation import apply_permutation, check_spec, invert, random_permutation
+from permalign.spec import Member
 from test_spec import ZOO_CASES, build
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -642,3 +643,41 @@ def test_check_spec_compares_in_float64():
     check_spec(model, wrong, x, float64=False)  # float32 cannot see it
     with pytest.raises(SpecError, match="float64"):
         check_spec(model, wrong, x, generator=torch.Generator().manual_seed(0))
+
+
+class Interleaved(nn.Module):
+    """Gate and up projections interleaved in one output (GPT-OSS): ``x[..., ::2]`` and
+    ``x[..., 1::2]``; a strided slice that does not cover whole units (``x[..., :6:3]``) in
+    ``mode="partial"``."""
+
+    def __init__(self, mode: str = ""):
+        super().__init__()
+        self.mode = mode
+        self.gate_up, self.down = nn.Linear(5, 12), nn.Linear(6, 3)
+        self.extra = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.gate_up(x)  # (T, 12): units (6, 2) row-major
+        y = self.down(torch.sigmoid(h[..., ::2]) * h[..., 1::2])
+        if self.mode == "partial":
+            y = y + self.extra(h[..., :6:3])
+        return y
+
+
+@pytest.mark.parametrize("mode", ["", "partial"])
+def test_strided_slice_reads_interleaved_units(mode):
+    """``x[..., 0::2]`` and ``x[..., 1::2]`` across a whole axis share the units of a (units, 2)
+    product: the hidden axis is a group of 6 with the gate/up pair as ``inner=2``; a strided
+    slice that does not cover whole units fixes the axis."""
+    torch.manual_seed(0)
+    model, x = Interleaved(mode).eval(), torch.randn(4, 5)
+    spec = infer_spec(model, x)
+    assert_preserved(model, spec, (x,))
+    if mode:
+        assert "gate_up.weight:0" in spec.fixed
+        return
+    (group,) = [g for g in spec.groups.values()
+                if any(m.key == "gate_up.weight" for m in g.members)]
+    assert group.size == 6
+    assert Member("gate_up.weight", 0, inner=2) in group.members
+    assert Member("down.weight", 1) in group.members

@@ -24,7 +24,8 @@ DEFAULT = {"transformers/vit", "transformers/bert", "transformers/mobilenet_v2",
            "transformers/convnext", "transformers/llama", "transformers/t5",
            "torchvision/resnet18", "torchvision/mobilenet_v2", "timm/vit", "timm/mixer",
            "transformers/beit", "transformers/mamba", "transformers/mixtral",
-           "torchvision/swin", "torchvision/mnasnet", "torchvision/shufflenet", "timm/swin"}
+           "torchvision/swin", "torchvision/mnasnet", "torchvision/shufflenet", "timm/swin",
+           "transformers/gpt_oss", "transformers/qwen2_moe"}
 
 
 def _param(name: str):
