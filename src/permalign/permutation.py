@@ -265,9 +265,9 @@ def select_outputs(out: Any, outputs: Any) -> Any:
     else:
         raise OutputNameError("the model returns one tensor, so there are no outputs to "
                               "choose; leave out --outputs (outputs=None)")
+    from torch.utils._pytree import tree_leaves
     chosen = output_keys(keys, outputs)
     for key in chosen:
-        from torch.utils._pytree import tree_leaves
         if not any(isinstance(t, torch.Tensor) for t in tree_leaves(entries[key])):
             raise OutputNameError(f"output {key!r} holds no tensor, so it cannot be preserved;"
                                   " name an output that does")

@@ -68,7 +68,8 @@ def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 @contextmanager
-def record_inputs(model: nn.Module, names: set[str]) -> Iterator[dict[str, torch.Tensor]]:
+def record_inputs(model: nn.Module, names: set[str]
+                  ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """While active, ``store[name]`` lists the inputs of each named module in call order
     (a module called more than once per forward, as with layers shared across depth, gets one
     entry per call; consumers pop them from the front)."""

@@ -60,10 +60,14 @@ class Member:
                                                         for a, i in self.select)))
 
     @property
+    def whole_axis(self) -> bool:
+        """Covers its whole axis (of its slice, when restricted), one index per unit."""
+        return self.offset == 0 and self.outer == 1 and self.inner == 1 and not self.partial
+
+    @property
     def is_plain(self) -> bool:
         """Covers the whole axis of the whole tensor, one index per unit."""
-        return (self.offset == 0 and self.outer == 1 and self.inner == 1 and not self.partial
-                and not self.select)
+        return self.whole_axis and not self.select
 
     @property
     def covers_part(self) -> bool:
@@ -86,8 +90,7 @@ class Member:
     def describe(self) -> str:
         """``key  axis N`` plus the layout when it is not the whole axis."""
         where = "".join(f"[axis {a} = {i}]" for a, i in self.select)
-        if self.is_plain or (self.select and self.offset == 0 and self.outer == 1
-                             and self.inner == 1 and not self.partial):
+        if self.whole_axis:
             return f"{self.key}{where}  axis {self.axis}"
         return (f"{self.key}{where}  axis {self.axis} (offset={self.offset}, "
                 f"outer={self.outer}, inner={self.inner}{', partial' if self.partial else ''})")
@@ -231,7 +234,7 @@ class PermutationSpec:
                 places.setdefault((m.key, m.axis, m.select), set()).add(name)
         for name, group in self.groups.items():
             for m in group.members:
-                if m.offset or m.outer != 1 or m.inner != 1 or m.partial:
+                if not m.whole_axis:
                     continue
                 others = places[(m.key, m.axis, m.select)] - {name}
                 if others:

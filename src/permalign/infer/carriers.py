@@ -43,7 +43,9 @@ Place = tuple[str, int]  # (state_dict key, axis)
 def expert_families(spec: PermutationSpec, shapes: Mapping[str, tuple[int, ...]]
                     ) -> list[tuple[list[Place], list[str]]]:
     """``(expert axes, slot groups by index)`` for every complete set of per-expert groups
-    that select one index each on the same fixed axes of length ``E``."""
+    that select one index each on the same fixed axes of length ``E`` (``shapes`` in model
+    order)."""
+    order = {key: i for i, key in enumerate(shapes)}
     families: dict[frozenset[Place], dict[int, str]] = {}
     for name, group in spec.groups.items():
         if any(len(m.select) != 1 for m in group.members):
@@ -60,7 +62,7 @@ def expert_families(spec: PermutationSpec, shapes: Mapping[str, tuple[int, ...]]
     for places, slots in families.items():
         lengths = {shapes[key][axis] for key, axis in places}
         if len(lengths) == 1 and sorted(slots) == list(range(lengths.pop())):
-            ordered = sorted(places, key=lambda p: (list(shapes).index(p[0]), p[1]))
+            ordered = sorted(places, key=lambda p: (order[p[0]], p[1]))
             out.append((ordered, [slots[e] for e in range(len(slots))]))
     return out
 
@@ -83,14 +85,16 @@ def router_candidates(spec: PermutationSpec, shapes: Mapping[str, tuple[int, ...
         if (key, axis) in taken or shapes[key][axis] != size:
             continue
         modules.setdefault(key.rpartition(".")[0], []).append((key, axis))
-    order = list(shapes)
-    return sorted((sorted(places, key=lambda p: (order.index(p[0]), p[1]))
+    order = {key: i for i, key in enumerate(shapes)}
+    return sorted((sorted(places, key=lambda p: (order[p[0]], p[1]))
                    for places in modules.values()),
-                  key=lambda places: order.index(places[0][0]))
+                  key=lambda places: order[places[0][0]])
 
 
-def with_carrier(spec: PermutationSpec, places: list[Place], size: int) -> PermutationSpec:
-    """A copy of ``spec`` with one carrier group over ``places`` (those axes no longer fixed)."""
+def with_carrier(spec: PermutationSpec, places: list[Place], size: int
+                 ) -> tuple[PermutationSpec, str]:
+    """A copy of ``spec`` with one carrier group over ``places`` (those axes no longer fixed),
+    and the carrier's name."""
     groups = {n: Group(n, g.size, list(g.members)) for n, g in spec.groups.items()}
     key, axis = places[0]
     name = f"{key}:{axis}"
@@ -99,7 +103,7 @@ def with_carrier(spec: PermutationSpec, places: list[Place], size: int) -> Permu
     groups[name] = Group(name, size, [Member(k, a) for k, a in places])
     fixed = {p: why for p, why in spec.fixed.items()
              if p not in {f"{k}:{a}" for k, a in places}}
-    return PermutationSpec(groups, fixed)
+    return PermutationSpec(groups, fixed), name
 
 
 def add_expert_carriers(model: nn.Module, spec: PermutationSpec, example_inputs: tuple,
@@ -114,8 +118,7 @@ def add_expert_carriers(model: nn.Module, spec: PermutationSpec, example_inputs:
     for experts, slots in expert_families(spec, shapes):
         size = len(slots)
         for router in router_candidates(spec, shapes, experts):
-            candidate = with_carrier(spec, router + experts, size)
-            carrier = next(n for n in candidate.groups if n not in spec.groups)
+            candidate, carrier = with_carrier(spec, router + experts, size)
             moved = random_permutation(candidate, torch.Generator().manual_seed(0))
             moved[carrier] = torch.roll(torch.arange(size), 1)  # every expert moves
             shuffled = random_permutation(candidate, torch.Generator().manual_seed(1))

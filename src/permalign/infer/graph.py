@@ -252,7 +252,7 @@ def _build_spec(ctx: Context, placeholder_keys: dict[Node, list[str]],
     for (root, _), members in groups.items():
         first = members[0]
         name = "".join([first.key, *(f"[{a}={i}]" for a, i in first.select), f":{first.axis}"])
-        if not (first.is_plain or first == Member(first.key, first.axis, select=first.select)):
+        if not first.whole_axis:
             name += f"[offset={first.offset},outer={first.outer},inner={first.inner}]"
         while name in used:
             name += "'"

@@ -66,17 +66,18 @@ def sorted_start(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     """One assignment per group on the similarity of sorted weight rows (carried slots after
     their carriers, against the slice each carrier put in their place)."""
     use_key = similarity_keys or default_similarity_key
+    slots = {s for carried in spec.carried().values() for s in carried.slots}
     perm = {name: torch.as_tensor(lap.solve(sorted_similarity(
         spec, name, state_a, state_b, use_key).numpy(), solver), dtype=torch.long)
-        for name in spec.groups}
+        for name in spec.groups if name not in slots}  # slots: seat_carried matches them
     return seat_carried(spec, perm, state_a, state_b, solver=solver, use_key=use_key)
 
 
 def seat_carried(spec: PermutationSpec, perm: Permutation, state_a: Mapping[str, torch.Tensor],
                  state_b: Mapping[str, torch.Tensor], *, solver: str = "auto",
                  use_key: Callable[[str], bool] = default_similarity_key) -> Permutation:
-    """``perm`` with every carried slot group re-matched by sorted weights against the slice
-    its carrier's permutation puts in its place (a start that matched each slot against B's
+    """``perm`` (whose slot groups may be missing) with every carried slot group matched by
+    sorted weights against the slice its carrier's permutation puts in its place (a start that matched each slot against B's
     slice of the same index, before the slices moved, would pair the wrong experts' units)."""
     carried = spec.carried()
     if not carried:
