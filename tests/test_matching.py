@@ -224,9 +224,12 @@ def test_auto_solver_picks_by_size(monkeypatch):
     import numpy as np
     from permalign import lap
     monkeypatch.setattr(lap, "has_lapjv", lambda: True)
+    monkeypatch.setattr(lap, "has_numba", lambda: True)
     assert lap.choose(64) == "scipy" and lap.choose(lap.LAPJV_FROM) == "lap"
+    assert lap.choose(64, warm=True) == "scipy" and lap.choose(lap.JV_FROM, warm=True) == "jv"
+    assert lap.choose(lap.LAPJV_FROM, warm=True) == "lap"
     monkeypatch.setattr(lap, "has_lapjv", lambda: False)
-    assert lap.choose(10 ** 5) == "scipy"
+    assert lap.choose(10 ** 5) == "scipy" and lap.choose(10 ** 5, warm=True) == "scipy"
     sim = np.random.default_rng(0).standard_normal((30, 30))
     assert np.array_equal(lap.solve(sim, "auto"), lap.solve(sim, "scipy"))
 
@@ -251,7 +254,8 @@ def test_weight_matching_restores_the_thread_count():
     assert torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "vgg11:width=0.125,norm=ln"])
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "vgg11:width=0.125,norm=ln",
+                                  "resnet20:width=1,norm=ln"])
 def test_incremental_similarity_changes_nothing(trained, name):
     """Updating a similarity by the moved units' columns only changes float rounding (sums in
     another order), which must not change the permutations found."""
@@ -287,3 +291,41 @@ def test_result_does_not_depend_on_the_thread_count():
         threads.PARALLEL_FLOPS = old
         torch.set_num_threads(before)
     assert same_perm(one.perm, three.perm) and one.history == three.history
+
+
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=32", "resnet20:width=1,norm=ln",
+                                  "vgg11:width=0.125,norm=bn"])
+def test_kept_rows_of_b_follow_the_permutations(name):
+    """Weight matching keeps B's rows per block (some transposed) and reorders them when a
+    neighbour moves (a few units: by columns; many: the whole block); after any mix of moves
+    they equal B's rows gathered afresh, and the cached similarity the fresh product."""
+    from permalign.match.weight import _Matcher, default_similarity_key, permuted_rows
+    from permalign.permutation import identity_permutation
+    _, spec, a = random_model(name)
+    _, _, b = random_model(name, seed=1)
+    matcher = _Matcher(spec, a, b, identity_permutation(spec), default_similarity_key, None,
+                       "scipy", 1)
+    assert any(block.transposed for blocks in matcher.blocks.values() for block in blocks)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(6):
+        for group in spec.groups:
+            matcher.similarity(group)
+        for group, g in spec.groups.items():
+            new = matcher.perm[group].clone()
+            if step % 2:  # a few units swap places: the incremental path
+                idx = torch.randperm(g.size, generator=generator)[:2]
+                new[idx] = new[idx.flip(0)]
+            else:  # everything moves
+                new = new[torch.randperm(g.size, generator=generator)]
+            matcher.set_perm(group, new, 0.0)
+    assert matcher.updates > 0
+    for group, g in spec.groups.items():
+        sim = torch.as_tensor(matcher.similarity(group))
+        fresh = torch.zeros(g.size, g.size, dtype=torch.float64)
+        for block, a_kept, b_kept in zip(matcher.blocks[group], matcher.a_rows[group],
+                                         matcher.b_rows[group]):
+            expected = permuted_rows(matcher.b[block.key], block.member, g.size, block.others,
+                                     matcher.perm)
+            assert torch.equal(block.rows(b_kept), expected), (group, block.key)
+            fresh += (block.rows(a_kept).double() @ expected.double().T)
+        assert torch.allclose(sim, fresh, rtol=1e-5, atol=1e-5), group

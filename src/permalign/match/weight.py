@@ -4,10 +4,14 @@ For group p the similarity is ``S = sum over members (key, axis) of A_rows @ B_r
 model B's other axes already permuted. Each group keeps, per member (a *block*), A's rows
 ``(n, d)`` (built once) and B's rows with the *other* groups' permutations applied (its own
 axis in B's original order), each a contiguous tensor of its own: S is one product per block,
-summed in float32 as Algorithm 1 written out does. When a group's permutation changes, only the
-blocks of its neighbours that hold a tensor it touches are marked stale; they are re-gathered
-(one gather straight into a new tensor, no copy into a wider matrix) when that neighbour is
-next solved.
+summed in float32 as Algorithm 1 written out does. A block between two groups (a weight) is
+stored transposed, ``(d, n)`` (the transpose is a flag to the BLAS routine, not a copy): a unit
+of the other group then owns a contiguous slab of ``post * n`` floats instead of ``n``
+scattered runs of ``post`` (one float for a Linear weight), so moving units is a copy of slabs.
+When a group's permutation changes, only the blocks of its neighbours that hold a tensor it
+touches are marked stale; they are brought up to date when that neighbour is next solved, by
+reordering the slabs the block holds (B's rows under the other group's new permutation are its
+old rows in another order: B's tensor is not read again).
 
 A group none of whose blocks went stale since its last solve has the same similarity as then, so
 solving it again gives the same answer and no progress: it is skipped. This changes nothing in
@@ -105,6 +109,7 @@ class _Block:
     ``shape4`` is set when exactly one other plain member acts on the tensor (the usual
     weight between two groups): the block's rows then view as ``(pre, units, post)`` over
     that member's units, and a change of a few of them updates the similarity incrementally.
+    Such a block is stored ``transposed``: ``(width, n)``, viewed ``(pre, units, post, n)``.
     """
 
     key: str
@@ -112,6 +117,34 @@ class _Block:
     width: int  # columns of the block's rows (n, width)
     others: Others  # every other (group, member) acting on the same tensor
     shape4: tuple[int, int, int] | None = None  # (pre, units of the other group, post)
+
+    @property
+    def transposed(self) -> bool:
+        return self.shape4 is not None
+
+    def rows(self, stored: torch.Tensor) -> torch.Tensor:
+        """The block's rows ``(n, width)`` (a view) from how it is stored."""
+        return stored.T if self.transposed else stored
+
+    def slabs(self, stored: torch.Tensor) -> torch.Tensor:
+        """A transposed block viewed as ``(pre, units, post, n)``: the other group's units on
+        dimension 1."""
+        return stored.view(*self.shape4, stored.shape[1])
+
+    def store(self, tensor: torch.Tensor, size: int, perm: Mapping[str, torch.Tensor] | None
+              ) -> torch.Tensor:
+        """How the block is kept, built from its ``tensor`` in one copy: ``unit_view`` after
+        the other groups' ``perm`` (None: unpermuted), transposed if :attr:`transposed`."""
+        if not self.transposed:
+            rows = (unit_view(tensor, self.member, size) if perm is None else
+                    permuted_rows(tensor, self.member, size, self.others, perm))
+            return rows.contiguous()
+        view = tensor.movedim(self.member.axis, -1)  # (*rest, n)
+        if perm is not None:
+            name, other = self.others[0]
+            axis = other.axis if other.axis < self.member.axis else other.axis - 1
+            view = torch.index_select(view, axis, perm[name])
+        return view.reshape(-1, size).contiguous()  # (width, n)
 
 
 def _block_shape(tensor: torch.Tensor, member: Member, others: Others
@@ -169,27 +202,27 @@ class _Matcher:
                 if m.key in keys:
                     by_key.setdefault(m.key, []).append((n, m))
         self.blocks: dict[str, list[_Block]] = {}
-        self.a_rows: dict[str, list[torch.Tensor]] = {}  # per group, per block (n, d)
-        self.b_rows: dict[str, list[torch.Tensor | None]] = {}  # the same, refreshed when stale
+        self.a_rows: dict[str, list[torch.Tensor]] = {}  # per group, per block: _Block.store
+        self.b_rows: dict[str, list[torch.Tensor | None]] = {}  # the same, kept up to date
         self.sim: dict[str, torch.Tensor | None] = {}  # (n, n) float64, or None
         self.applied: dict[tuple[str, int], torch.Tensor] = {}  # other's perm in a block
         self.stale: dict[str, set[int]] = {}
         self.dependents: dict[str, list[tuple[str, int]]] = {n: [] for n in spec.groups}
         self.current: dict[str, bool] = {}  # similarity unchanged since the last solve
         for n, g in spec.groups.items():
-            blocks, parts = [], []
+            blocks = []
             for m in (m for m in g.members if m.key in keys):
-                rows = unit_view(shapes[m.key], m, g.size)  # (n, d); a stub when bounded
+                meta = torch.empty(shapes[m.key].shape, device="meta")  # shape only: no copy
+                width = unit_view(meta, m, g.size).shape[1]  # rows (n, width)
                 others = tuple(e for e in by_key[m.key] if e != (n, m))
-                blocks.append(_Block(m.key, m, rows.shape[1], others,
+                blocks.append(_Block(m.key, m, width, others,
                                      _block_shape(shapes[m.key], m, others)))
                 for q in {q for q, _ in others}:
                     self.dependents[q].append((n, len(blocks) - 1))
-                parts.append(rows)
             self.blocks[n] = blocks
             if not bounded:
-                self.a_rows[n] = [rows.contiguous() for rows in parts]
-                self.b_rows[n] = [None] * len(parts)
+                self.a_rows[n] = [b.store(a[b.key], g.size, None) for b in blocks]
+                self.b_rows[n] = [None] * len(blocks)
             self.sim[n] = None
             self.stale[n] = set(range(len(blocks)))
             self.current[n] = False
@@ -199,68 +232,70 @@ class _Matcher:
         self.a = a
         self.carried = spec.carried()
         self.value = self.full_objective()
+        self.assigners: dict[str, Callable[[np.ndarray], np.ndarray]] = {}  # per group
         self.solves = 0
         self.updates = 0  # similarities brought up to date incrementally
         self.time_similarity = 0.0
         self.time_solver = 0.0
 
-    @staticmethod
-    def _rows4(rows: torch.Tensor, block: _Block) -> torch.Tensor:
-        """A block's rows (n, d) viewed as (n, pre, units, post)."""
-        return rows.view(rows.shape[0], *block.shape4)
-
     def refresh(self, name: str) -> None:
-        """Re-gather group ``name``'s stale blocks, updating its cached similarity if cheaper."""
+        """Bring group ``name``'s stale blocks up to date, and its cached similarity by the
+        moved units' columns when they are few enough (else it is recomputed)."""
         if not self.stale[name] or self.bounded:
             return
-        size = self.spec.groups[name].size
         stale = sorted(self.stale[name])
         self.stale[name].clear()
         moved: dict[int, torch.Tensor] = {}  # block -> indices of the other group's units
-        if self.incremental and self.sim[name] is not None:
-            for i in stale:
-                block = self.blocks[name][i]
-                if block.shape4 is None:
-                    break
-                other = block.others[0][0]
-                moved[i] = (self.applied[(name, i)] != self.perm[other]).nonzero().flatten()
-            else:
-                touched = sum(len(idx) * b.shape4[0] * b.shape4[2] for i, idx in moved.items()
-                              for b in [self.blocks[name][i]])
-                if touched <= INCREMENTAL_SHARE * sum(b.width for b in self.blocks[name]):
-                    self._update(name, moved)
-                    return
-        self.sim[name] = None
         for i in stale:
             block = self.blocks[name][i]
-            self.b_rows[name][i] = None  # released before its replacement is made
-            self.b_rows[name][i] = permuted_rows(self.b[block.key], block.member, size,
-                                                 block.others, self.perm).contiguous()
+            if block.shape4 is None or self.b_rows[name][i] is None:
+                break
+            moved[i] = (self.applied[(name, i)] != self.perm[block.others[0][0]]
+                        ).nonzero().flatten()
+        else:
+            touched = sum(len(idx) * b.shape4[0] * b.shape4[2] for i, idx in moved.items()
+                          for b in [self.blocks[name][i]])
+            if (self.incremental and self.sim[name] is not None
+                    and touched <= INCREMENTAL_SHARE * sum(b.width for b in self.blocks[name])):
+                self._update(name, moved)
+                return
+        self.sim[name] = None
+        size = self.spec.groups[name].size
+        for i in stale:
+            block, old = self.blocks[name][i], self.b_rows[name][i]
+            if block.transposed and old is not None:  # reorder the slabs it holds
+                other = self.perm[block.others[0][0]]
+                where = torch.argsort(self.applied[(name, i)])  # original unit -> place
+                new = block.slabs(old).index_select(1, where[other]).view(old.shape)
+            else:
+                self.b_rows[name][i] = None  # released before its replacement is made
+                new = block.store(self.b[block.key], size, self.perm)
+            self.b_rows[name][i] = new
             if block.shape4 is not None:
                 self.applied[(name, i)] = self.perm[block.others[0][0]]
 
     def _update(self, name: str, moved: dict[int, torch.Tensor]) -> None:
-        """Write the moved units' new columns and add their change to the cached similarity."""
-        a_parts, d_parts = [], []
+        """Reorder the moved units' slabs of B's blocks and add their change to the cached
+        similarity: ``A_slabs.T @ (B_new - B_old)_slabs``."""
+        a_parts, d_parts = [], []  # (k, n) each
+        n = self.spec.groups[name].size
         for i, idx in moved.items():
             block = self.blocks[name][i]
-            other, member = block.others[0]
-            self.applied[(name, i)] = self.perm[other]
+            other = self.perm[block.others[0][0]]
+            where = torch.argsort(self.applied[(name, i)])  # original unit -> place, before
+            self.applied[(name, i)] = other
             if len(idx) == 0:
                 continue
-            b4 = self._rows4(self.b_rows[name][i], block)  # (n, pre, units, post) view
-            view = self.b[block.key].movedim(block.member.axis, 0)
-            axis = member.axis + 1 if member.axis < block.member.axis else member.axis
-            new = torch.index_select(view, axis, self.perm[other][idx]).reshape(
-                b4.shape[0], block.shape4[0], len(idx), block.shape4[2])
-            d_parts.append((new - b4.index_select(2, idx)).reshape(b4.shape[0], -1))
-            a_parts.append(self._rows4(self.a_rows[name][i], block).index_select(2, idx)
-                           .reshape(b4.shape[0], -1))
-            b4.index_copy_(2, idx, new)
+            b_slabs = block.slabs(self.b_rows[name][i])  # (pre, units, post, n) view
+            new = b_slabs.index_select(1, where[other[idx]])  # the units now at idx
+            d_parts.append((new - b_slabs.index_select(1, idx)).reshape(-1, n))
+            a_parts.append(block.slabs(self.a_rows[name][i]).index_select(1, idx)
+                           .reshape(-1, n))
+            b_slabs.index_copy_(1, idx, new)
         self.updates += 1
         if a_parts:
-            a, d = torch.cat(a_parts, 1), torch.cat(d_parts, 1)  # (n, k) each
-            self.sim[name] += matmul_nt(a, d, self.threads).double()
+            a, d = torch.cat(a_parts), torch.cat(d_parts)  # (k, n) each
+            self.sim[name] += matmul_nt(a.T, d.T, self.threads).double()
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
@@ -273,8 +308,8 @@ class _Matcher:
         if self.sim[name] is None:
             size = self.spec.groups[name].size
             sim = torch.zeros(size, size, device=self.b_device)  # (n, n), float32 sums
-            for a, b in zip(self.a_rows[name], self.b_rows[name]):  # (n, d) each
-                sim += matmul_nt(a, b, self.threads)
+            for block, a, b in zip(self.blocks[name], self.a_rows[name], self.b_rows[name]):
+                sim += matmul_nt(block.rows(a), block.rows(b), self.threads)  # (n, d) each
             self.sim[name] = sim.double()
         out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
@@ -356,9 +391,16 @@ class _Matcher:
             self.set_perm(slot, torch.as_tensor(best[(i, int(new[i]))], device=device), 0.0)
         return True
 
-    def assign(self, sim: np.ndarray) -> np.ndarray:
+    def assign(self, sim: np.ndarray, group: str | None = None) -> np.ndarray:
+        """Best ``perm`` for ``sim`` (n, n); with ``group``, one of that group's successive
+        similarities (warm-started from its previous solve, :func:`permalign.lap.assigner`)."""
         start = time.perf_counter()
-        result = lap.solve(sim, self.solver)
+        if group is None:
+            result = lap.solve(sim, self.solver)
+        else:
+            if group not in self.assigners:
+                self.assigners[group] = lap.assigner(self.solver)
+            result = self.assigners[group](sim)
         self.time_solver += time.perf_counter() - start
         self.solves += 1
         return result
@@ -482,7 +524,7 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                     continue
                 sim = matcher.similarity(name)
                 old = matcher.perm[name].cpu().numpy()
-                new = matcher.assign(sim)
+                new = matcher.assign(sim, name)
                 matcher.current[name] = True
                 rows = np.arange(len(new))
                 old_value, new_value = sim[rows, old].sum(), sim[rows, new].sum()

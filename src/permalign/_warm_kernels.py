@@ -1,0 +1,153 @@
+"""numba kernels of :mod:`permalign.warm_assignment` (imported only when numba is present).
+
+All minimise ``cost`` (n, n) with row duals ``u`` (n,), column duals ``v`` (n,), and the
+assignment as ``col4row`` / ``row4col`` (-1: unassigned), updated in place.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def keep_tight(cost, u, v, col4row, row4col):  # pragma: no cover - compiled
+    """Keep each row whose assigned column still has its lowest reduced cost (setting its
+    ``u``); free the others and their columns. Returns the free rows."""
+    n = cost.shape[0]
+    free = np.empty(n, dtype=np.int64)
+    count = 0
+    for i in range(n):
+        j = col4row[i]
+        lowest = np.inf
+        for c in range(n):
+            r = cost[i, c] - v[c]
+            if r < lowest:
+                lowest = r
+        mine = cost[i, j] - v[j]
+        if mine <= lowest:
+            u[i] = mine
+        else:
+            free[count] = i
+            count += 1
+            row4col[j] = -1
+            col4row[i] = -1
+    return free[:count]
+
+
+@numba.njit(cache=True)
+def bid(cost, v, col4row, row4col, free, budget):  # pragma: no cover - compiled
+    """One pass of augmenting row reduction over the ``free`` rows, at most ``budget`` bids;
+    returns the rows still free (displaced owners that met a tie, and those not reached)."""
+    n = cost.shape[0]
+    free = free.copy()
+    total, cur, kept = len(free), 0, 0  # free[:kept]: rows left for augmentation
+    while cur < total:
+        if budget <= 0:
+            for r in range(cur, total):
+                free[kept] = free[r]
+                kept += 1
+            break
+        budget -= 1
+        i = free[cur]
+        cur += 1
+        best, second, j1, j2 = np.inf, np.inf, -1, -1
+        for j in range(n):
+            h = cost[i, j] - v[j]
+            if h < second:
+                if h >= best:
+                    second, j2 = h, j
+                else:
+                    second, j2 = best, j1
+                    best, j1 = h, j
+        owner = row4col[j1]
+        if j2 >= 0 and best < second:
+            v[j1] -= second - best  # j1 now costs row i as much as its second best
+        elif owner >= 0 and j2 >= 0:
+            j1 = j2  # a tie: take the other column
+            owner = row4col[j1]
+        if owner >= 0:
+            if best < second:
+                cur -= 1  # the displaced owner bids next
+                free[cur] = owner
+            else:
+                free[kept] = owner
+                kept += 1
+            col4row[owner] = -1
+        row4col[j1] = i
+        col4row[i] = j1
+    return free[:kept]
+
+
+@numba.njit(cache=True)
+def _shortest_path(cost, u, v, row4col, start, costs, path, seen_rows, seen_cols,
+                   remaining):  # pragma: no cover - compiled
+    """Dijkstra over columns from row ``start`` on reduced costs; returns (sink column,
+    its distance), sink -1 if none is reachable."""
+    n = cost.shape[0]
+    distance = 0.0
+    left = n
+    for k in range(n):
+        remaining[k] = n - k - 1
+        seen_rows[k] = False
+        seen_cols[k] = False
+        costs[k] = np.inf
+    sink = -1
+    i = start
+    while sink == -1:
+        index = -1
+        lowest = np.inf
+        seen_rows[i] = True
+        ui = u[i]
+        for k in range(left):
+            j = remaining[k]
+            r = distance + cost[i, j] - ui - v[j]
+            if r < costs[j]:
+                path[j] = i
+                costs[j] = r
+            if costs[j] < lowest or (costs[j] == lowest and row4col[j] == -1):
+                lowest = costs[j]
+                index = k
+        distance = lowest
+        if distance == np.inf:
+            return -1, distance
+        j = remaining[index]
+        if row4col[j] == -1:
+            sink = j
+        else:
+            i = row4col[j]
+        seen_cols[j] = True
+        left -= 1
+        remaining[index] = remaining[left]
+    return sink, distance
+
+
+@numba.njit(cache=True)
+def augment_all(cost, u, v, col4row, row4col, free):  # pragma: no cover - compiled
+    """Assign every row in ``free`` along a shortest augmenting path, updating the duals;
+    False if some row has no finite path."""
+    n = cost.shape[0]
+    costs = np.empty(n)
+    path = np.full(n, -1, dtype=np.int64)
+    seen_rows = np.zeros(n, dtype=np.bool_)
+    seen_cols = np.zeros(n, dtype=np.bool_)
+    remaining = np.empty(n, dtype=np.int64)
+    for start in free:
+        sink, distance = _shortest_path(cost, u, v, row4col, start, costs, path, seen_rows,
+                                        seen_cols, remaining)
+        if sink < 0:
+            return False
+        u[start] += distance
+        for i in range(n):
+            if seen_rows[i] and i != start:
+                u[i] += distance - costs[col4row[i]]
+        for j in range(n):
+            if seen_cols[j]:
+                v[j] -= distance - costs[j]
+        j = sink
+        while True:
+            i = path[j]
+            row4col[j] = i
+            col4row[i], j = j, col4row[i]
+            if i == start:
+                break
+    return True

@@ -1,0 +1,85 @@
+"""Exact linear assignment warm-started from the previous solve of the same group (numba).
+
+Weight matching solves one assignment per group per sweep, and a group's similarity changes
+only as much as its neighbours' permutations moved since its last solve. SciPy starts every
+solve from nothing. :class:`WarmAssignment` keeps the column duals ``v`` and the assignment of
+its last solve and starts the next one from them (minimising ``cost = -similarity``):
+
+1. *Keep*: a row whose assigned column still has its lowest reduced cost ``cost[i, j] - v[j]``
+   keeps it (its dual ``u[i]`` is that cost); every other row and its column are freed.
+2. *Bid* (Jonker-Volgenant's augmenting row reduction, at most ``BIDS_PER_ROW * n`` bids): a
+   free row takes its best column and lowers that column's dual by the gap to its second best,
+   freeing the column's owner.
+3. *Augment*: each row still free is assigned along a shortest augmenting path (the
+   Dijkstra-like step SciPy's solver also uses), which keeps every reduced cost non-negative.
+
+Every step keeps the duals feasible (``cost[i, j] - u[i] - v[j] >= 0``) and tight on the
+assigned pairs, so the result is an optimal assignment, as SciPy's (ties may be broken
+differently). The first solve of a group is step 3 alone, from zero duals. Measured on the
+sequences of similarities of real weight-matching runs (``bench/lap_solvers.py``, results in
+``bench/results/lap_solvers.md``). Needs the optional ``numba`` package; the kernels are
+compiled on first use and cached on disk.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+
+# Step 2 stops after this many bids per row and leaves the rest to step 3: with no bound,
+# bidding can trade a column back and forth in tiny steps ("price wars").
+BIDS_PER_ROW = 2
+
+_kernels: Any = None
+
+
+def has_numba() -> bool:
+    """Whether the optional ``numba`` package imports."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def _compile() -> Any:
+    """The numba kernels, compiled (or loaded from numba's cache) on first call."""
+    global _kernels
+    if _kernels is None:
+        from . import _warm_kernels
+        _kernels = _warm_kernels
+    return _kernels
+
+
+class WarmAssignment:
+    """Maximum-weight assignment of successive ``(n, n)`` similarities of one group.
+
+    ``solver(similarity)`` returns ``perm`` with ``perm[i] = j`` (row i to column j), optimal
+    for that matrix, warm-started from the previous call when the size is the same.
+    """
+
+    def __init__(self) -> None:
+        self.v: np.ndarray | None = None  # (n,) column duals of the last solve
+        self.col4row: np.ndarray | None = None  # (n,) its assignment
+        self.freed = 0  # rows the last solve assigned along augmenting paths (for benches)
+
+    def __call__(self, similarity: np.ndarray) -> np.ndarray:
+        k = _compile()
+        cost = np.ascontiguousarray(-similarity, dtype=np.float64)  # (n, n), minimised
+        n = len(cost)
+        u = np.zeros(n)
+        if self.v is None or len(self.v) != n:
+            v = np.zeros(n)
+            col4row = np.full(n, -1, dtype=np.int64)
+            row4col = np.full(n, -1, dtype=np.int64)
+            free = np.arange(n, dtype=np.int64)
+        else:
+            v, col4row = self.v.copy(), self.col4row.copy()
+            row4col = np.empty(n, dtype=np.int64)
+            row4col[col4row] = np.arange(n)
+            free = k.keep_tight(cost, u, v, col4row, row4col)
+            free = k.bid(cost, v, col4row, row4col, free, BIDS_PER_ROW * n)
+            assigned = col4row >= 0
+            u[assigned] = cost[assigned, col4row[assigned]] - v[col4row[assigned]]
+        self.freed = len(free)
+        if not k.augment_all(cost, u, v, col4row, row4col, free):
+            raise ValueError("assignment has no finite solution")  # inputs are checked finite
+        self.v, self.col4row = v, col4row
+        return col4row.copy()

@@ -1,0 +1,102 @@
+"""The warm-started assignment solver reaches SciPy's optimum on every matrix of a sequence,
+and weight matching with it finds what it finds with SciPy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import same_perm
+from permalign import lap
+from permalign.errors import PermalignError
+
+pytest.importorskip("numba")
+from permalign.warm_assignment import WarmAssignment  # noqa: E402
+
+
+def optimum(sim: np.ndarray) -> float:
+    return float(sim[np.arange(len(sim)), lap.solve(sim, "scipy")].sum())
+
+
+def value(sim: np.ndarray, perm: np.ndarray) -> float:
+    assert sorted(perm.tolist()) == list(range(len(sim)))  # a permutation
+    return float(sim[np.arange(len(sim)), perm].sum())
+
+
+def drifting(rng, n: int, steps: int, step: float, ties: bool = False):
+    """Successive similarities of one group: a low-rank matrix nudged a little each time
+    (as when neighbours move a few units); ``ties``: small integers, many equal entries."""
+    sim = rng.standard_normal((n, 8)) @ rng.standard_normal((8, n))
+    for _ in range(steps):
+        yield np.round(sim * 2) if ties else sim
+        sim = sim + step * rng.standard_normal((n, n))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 120])
+@pytest.mark.parametrize("ties", [False, True])
+def test_every_solve_of_a_sequence_is_optimal(n, ties):
+    rng = np.random.default_rng(n)
+    solver = WarmAssignment()
+    for step in (0.0, 0.01, 0.3, 3.0):  # unchanged, slightly and much changed matrices
+        for sim in drifting(rng, n, 6, step, ties):
+            assert value(sim, solver(sim)) == pytest.approx(optimum(sim), rel=1e-12, abs=1e-9)
+
+
+def test_the_warm_start_keeps_most_rows():
+    """A matrix close to the previous one, or the same one again, is solved with few rows left
+    to augment (rounding in the duals can break a tie between two tight columns)."""
+    rng = np.random.default_rng(0)
+    sim = rng.standard_normal((200, 200))
+    solver = WarmAssignment()
+    first = solver(sim)
+    assert solver.freed == 200  # from nothing: every row augments
+    assert np.array_equal(solver(sim), first) and solver.freed <= 20
+    solver(sim + 1e-3 * rng.standard_normal((200, 200)))
+    assert solver.freed <= 20
+
+
+def test_a_size_change_starts_afresh():
+    rng = np.random.default_rng(2)
+    solver = WarmAssignment()
+    for n in (30, 31, 30):
+        sim = rng.standard_normal((n, n))
+        assert value(sim, solver(sim)) == pytest.approx(optimum(sim), rel=1e-12)
+
+
+def test_assigner_is_warm_with_numba_and_scipy_without(monkeypatch):
+    rng = np.random.default_rng(3)
+    sims = list(drifting(rng, lap.JV_FROM, 4, 0.05))
+    assert lap.choose(lap.JV_FROM, warm=True) == "jv" and lap.choose(lap.JV_FROM) == "scipy"
+    assert lap.choose(lap.JV_FROM - 1, warm=True) == "scipy"
+    assign = lap.assigner("auto")
+    assert [value(s, assign(s)) for s in sims] == pytest.approx([optimum(s) for s in sims],
+                                                                 rel=1e-12)
+    from permalign import warm_assignment
+    monkeypatch.setattr(lap, "has_numba", lambda: False)
+    monkeypatch.setattr(warm_assignment, "has_numba", lambda: False)
+    assert lap.choose(lap.JV_FROM, warm=True) == "scipy"
+    assert np.array_equal(lap.assigner("auto")(sims[0]), lap.solve(sims[0], "scipy"))
+    with pytest.raises(PermalignError, match="pip install numba"):
+        lap.assigner("jv")(sims[0])
+
+
+def test_assigner_checks_its_input():
+    with pytest.raises(PermalignError, match="NaN or Inf"):
+        lap.assigner("jv")(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(PermalignError, match="square"):
+        lap.assigner("jv")(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["mlp:depth=3,width=128", "vgg11:width=0.125,norm=ln",
+                                  "resnet20:width=1,norm=ln"])
+def test_weight_matching_finds_the_same_with_the_warm_solver(trained, name):
+    """Every solve is optimal with either solver, so the coordinate descent takes the same
+    steps (trained weights: no tied optima) and ends in the same permutation."""
+    from permalign.match.weight import _coordinate_descent
+    _, spec, a = trained(name, 0, 3)
+    _, _, b = trained(name, 1, 3)
+    options = dict(max_iter=100, init=None, device=None, similarity_keys=None)
+    for seed in range(3):
+        warm = _coordinate_descent(spec, a, b, seed=seed, solver="jv", **options)
+        cold = _coordinate_descent(spec, a, b, seed=seed, solver="scipy", **options)
+        assert same_perm(warm.perm, cold.perm)
+        assert warm.history == pytest.approx(cold.history, rel=1e-9)
