@@ -1,7 +1,8 @@
 """numba kernels of :mod:`permalign.warm_assignment` (imported only when numba is present).
 
-All minimise ``cost`` (n, n) with row duals ``u`` (n,), column duals ``v`` (n,), and the
-assignment as ``col4row`` / ``row4col`` (-1: unassigned), updated in place.
+All maximise ``sim`` (n, n), that is minimise the cost ``-sim`` (read as such, no copy), with
+row duals ``u`` (n,), column duals ``v`` (n,) of that cost, and the assignment as ``col4row`` /
+``row4col`` (-1: unassigned), updated in place.
 """
 from __future__ import annotations
 
@@ -10,20 +11,20 @@ import numpy as np
 
 
 @numba.njit(cache=True)
-def keep_tight(cost, u, v, col4row, row4col):  # pragma: no cover - compiled
+def keep_tight(sim, u, v, col4row, row4col):  # pragma: no cover - compiled
     """Keep each row whose assigned column still has its lowest reduced cost (setting its
     ``u``); free the others and their columns. Returns the free rows."""
-    n = cost.shape[0]
+    n = sim.shape[0]
     free = np.empty(n, dtype=np.int64)
     count = 0
     for i in range(n):
         j = col4row[i]
         lowest = np.inf
         for c in range(n):
-            r = cost[i, c] - v[c]
+            r = (-sim[i, c]) - v[c]
             if r < lowest:
                 lowest = r
-        mine = cost[i, j] - v[j]
+        mine = (-sim[i, j]) - v[j]
         if mine <= lowest:
             u[i] = mine
         else:
@@ -35,10 +36,10 @@ def keep_tight(cost, u, v, col4row, row4col):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def bid(cost, v, col4row, row4col, free, budget):  # pragma: no cover - compiled
+def bid(sim, v, col4row, row4col, free, budget):  # pragma: no cover - compiled
     """One pass of augmenting row reduction over the ``free`` rows, at most ``budget`` bids;
     returns the rows still free (displaced owners that met a tie, and those not reached)."""
-    n = cost.shape[0]
+    n = sim.shape[0]
     free = free.copy()
     total, cur, kept = len(free), 0, 0  # free[:kept]: rows left for augmentation
     while cur < total:
@@ -52,7 +53,7 @@ def bid(cost, v, col4row, row4col, free, budget):  # pragma: no cover - compiled
         cur += 1
         best, second, j1, j2 = np.inf, np.inf, -1, -1
         for j in range(n):
-            h = cost[i, j] - v[j]
+            h = (-sim[i, j]) - v[j]
             if h < second:
                 if h >= best:
                     second, j2 = h, j
@@ -79,61 +80,56 @@ def bid(cost, v, col4row, row4col, free, budget):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _shortest_path(cost, u, v, row4col, start, costs, path, seen_rows, seen_cols,
-                   remaining):  # pragma: no cover - compiled
+def _shortest_path(sim, u, v, row4col, start, costs, path, seen_rows, seen_cols
+                   ):  # pragma: no cover - compiled
     """Dijkstra over columns from row ``start`` on reduced costs; returns (sink column,
-    its distance), sink -1 if none is reachable."""
-    n = cost.shape[0]
+    its distance), sink -1 if none is reachable. Each step scans the columns in order (two
+    plain passes over a row, faster here than a list of the columns left)."""
+    n = sim.shape[0]
     distance = 0.0
-    left = n
     for k in range(n):
-        remaining[k] = n - k - 1
         seen_rows[k] = False
         seen_cols[k] = False
         costs[k] = np.inf
     sink = -1
     i = start
     while sink == -1:
-        index = -1
-        lowest = np.inf
         seen_rows[i] = True
-        ui = u[i]
-        for k in range(left):
-            j = remaining[k]
-            r = distance + cost[i, j] - ui - v[j]
-            if r < costs[j]:
+        base = distance - u[i]
+        for j in range(n):  # relax every column from row i
+            r = base - sim[i, j] - v[j]
+            if r < costs[j] and not seen_cols[j]:
                 path[j] = i
                 costs[j] = r
-            if costs[j] < lowest or (costs[j] == lowest and row4col[j] == -1):
-                lowest = costs[j]
-                index = k
+        lowest, index = np.inf, -1
+        for j in range(n):  # the nearest column not reached yet, a free one on ties
+            if not seen_cols[j]:
+                c = costs[j]
+                if c < lowest or (c == lowest and row4col[j] == -1):
+                    lowest, index = c, j
         distance = lowest
         if distance == np.inf:
             return -1, distance
-        j = remaining[index]
-        if row4col[j] == -1:
-            sink = j
+        if row4col[index] == -1:
+            sink = index
         else:
-            i = row4col[j]
-        seen_cols[j] = True
-        left -= 1
-        remaining[index] = remaining[left]
+            i = row4col[index]
+        seen_cols[index] = True
     return sink, distance
 
 
 @numba.njit(cache=True)
-def augment_all(cost, u, v, col4row, row4col, free):  # pragma: no cover - compiled
+def augment_all(sim, u, v, col4row, row4col, free):  # pragma: no cover - compiled
     """Assign every row in ``free`` along a shortest augmenting path, updating the duals;
     False if some row has no finite path."""
-    n = cost.shape[0]
+    n = sim.shape[0]
     costs = np.empty(n)
     path = np.full(n, -1, dtype=np.int64)
     seen_rows = np.zeros(n, dtype=np.bool_)
     seen_cols = np.zeros(n, dtype=np.bool_)
-    remaining = np.empty(n, dtype=np.int64)
     for start in free:
-        sink, distance = _shortest_path(cost, u, v, row4col, start, costs, path, seen_rows,
-                                        seen_cols, remaining)
+        sink, distance = _shortest_path(sim, u, v, row4col, start, costs, path, seen_rows,
+                                        seen_cols)
         if sink < 0:
             return False
         u[start] += distance

@@ -3,7 +3,8 @@
 Weight matching solves one assignment per group per sweep, and a group's similarity changes
 only as much as its neighbours' permutations moved since its last solve. SciPy starts every
 solve from nothing. :class:`WarmAssignment` keeps the column duals ``v`` and the assignment of
-its last solve and starts the next one from them (minimising ``cost = -similarity``):
+its last solve and starts the next one from them (minimising ``cost = -similarity``, read as
+such by the kernels):
 
 1. *Keep*: a row whose assigned column still has its lowest reduced cost ``cost[i, j] - v[j]``
    keeps it (its dual ``u[i]`` is that cost); every other row and its column are freed.
@@ -29,7 +30,7 @@ import numpy as np
 
 # Step 2 stops after this many bids per row and leaves the rest to step 3: with no bound,
 # bidding can trade a column back and forth in tiny steps ("price wars").
-BIDS_PER_ROW = 2
+BIDS_PER_ROW = 4
 
 _kernels: Any = None
 
@@ -62,8 +63,8 @@ class WarmAssignment:
 
     def __call__(self, similarity: np.ndarray) -> np.ndarray:
         k = _compile()
-        cost = np.ascontiguousarray(-similarity, dtype=np.float64)  # (n, n), minimised
-        n = len(cost)
+        sim = np.ascontiguousarray(similarity, dtype=np.float64)  # (n, n), maximised
+        n = len(sim)
         u = np.zeros(n)
         if self.v is None or len(self.v) != n:
             v = np.zeros(n)
@@ -74,12 +75,12 @@ class WarmAssignment:
             v, col4row = self.v.copy(), self.col4row.copy()
             row4col = np.empty(n, dtype=np.int64)
             row4col[col4row] = np.arange(n)
-            free = k.keep_tight(cost, u, v, col4row, row4col)
-            free = k.bid(cost, v, col4row, row4col, free, BIDS_PER_ROW * n)
+            free = k.keep_tight(sim, u, v, col4row, row4col)
+            free = k.bid(sim, v, col4row, row4col, free, BIDS_PER_ROW * n)
             assigned = col4row >= 0
-            u[assigned] = cost[assigned, col4row[assigned]] - v[col4row[assigned]]
+            u[assigned] = -sim[assigned, col4row[assigned]] - v[col4row[assigned]]
         self.freed = len(free)
-        if not k.augment_all(cost, u, v, col4row, row4col, free):
+        if not k.augment_all(sim, u, v, col4row, row4col, free):
             raise ValueError("assignment has no finite solution")  # inputs are checked finite
         self.v, self.col4row = v, col4row
         return col4row.copy()

@@ -295,7 +295,7 @@ class _Matcher:
         self.updates += 1
         if a_parts:
             a, d = torch.cat(a_parts), torch.cat(d_parts)  # (k, n) each
-            self.sim[name] += matmul_nt(a.T, d.T, self.threads).double()
+            self.sim[name] += matmul_nt(a.T, d.T, self.threads)  # float32 into float64
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
@@ -420,7 +420,10 @@ class _Matcher:
 
     def full_objective(self) -> float:
         """Sum over matched tensors of <A, pi(B)>, computed from the tensors."""
-        permuted = permuted_view(self.spec.restricted(set(self.b)), self.perm, self.b)
+        if all(torch.equal(p, torch.arange(len(p), device=p.device)) for p in self.perm.values()):
+            permuted = self.b  # the identity (Algorithm 1's start) moves nothing: no copies
+        else:
+            permuted = permuted_view(self.spec.restricted(set(self.b)), self.perm, self.b)
         return float(sum(float(torch.dot(self.a[k].reshape(-1), permuted[k].reshape(-1)))
                          for k in self.b))
 
