@@ -5,13 +5,16 @@ model B's other axes already permuted. Each group keeps, per member (a *block*),
 ``(n, d)`` (built once) and B's rows with the *other* groups' permutations applied (its own
 axis in B's original order), each a contiguous tensor of its own: S is one product per block,
 summed in float32 as Algorithm 1 written out does. A block between two groups (a weight) is
-stored transposed, ``(d, n)`` (the transpose is a flag to the BLAS routine, not a copy): a unit
-of the other group then owns a contiguous slab of ``post * n`` floats instead of ``n``
-scattered runs of ``post`` (one float for a Linear weight), so moving units is a copy of slabs.
-When a group's permutation changes, only the blocks of its neighbours that hold a tensor it
-touches are marked stale; they are brought up to date when that neighbour is next solved, by
-reordering the slabs the block holds (B's rows under the other group's new permutation are its
-old rows in another order: B's tensor is not read again).
+best kept transposed, ``(d, n)`` (the transpose is a flag to the BLAS routine, not a copy): a
+unit of the other group then owns a contiguous slab of ``post * n`` floats instead of ``n``
+scattered runs of ``post`` (one float for a Linear weight), so moving a few units is a copy of
+slabs. A weight's input-axis block needs a copy either way and starts transposed; an
+output-axis block is a plain view of A's tensor (and one cheap gather of B's), so it starts
+as rows and is transposed when first updated by moved units. When a group's permutation
+changes, only the blocks of its neighbours that hold a tensor it touches are marked stale; they
+are brought up to date when that neighbour is next solved, by reordering the units the block
+holds (B's rows under the other group's new permutation are its old rows in another order:
+B's tensor is not read again).
 
 A group none of whose blocks went stale since its last solve has the same similarity as then, so
 solving it again gives the same answer and no progress: it is skipped. This changes nothing in
@@ -109,7 +112,8 @@ class _Block:
     ``shape4`` is set when exactly one other plain member acts on the tensor (the usual
     weight between two groups): the block's rows then view as ``(pre, units, post)`` over
     that member's units, and a change of a few of them updates the similarity incrementally.
-    Such a block is stored ``transposed``: ``(width, n)``, viewed ``(pre, units, post, n)``.
+    Such a block may be stored ``transposed``: ``(width, n)``, viewed ``(pre, units, post,
+    n)``; otherwise as rows ``(n, width)``, viewed ``(n, pre, units, post)``.
     """
 
     key: str
@@ -119,32 +123,43 @@ class _Block:
     shape4: tuple[int, int, int] | None = None  # (pre, units of the other group, post)
 
     @property
-    def transposed(self) -> bool:
-        return self.shape4 is not None
+    def starts_transposed(self) -> bool:
+        """Whether the block is kept transposed from the start: a weight between two groups
+        whose own axis is not the tensor's first (its rows need a copy either way)."""
+        return self.shape4 is not None and self.member.axis != 0
 
-    def rows(self, stored: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def rows(stored: torch.Tensor, transposed: bool) -> torch.Tensor:
         """The block's rows ``(n, width)`` (a view) from how it is stored."""
-        return stored.T if self.transposed else stored
+        return stored.T if transposed else stored
 
-    def slabs(self, stored: torch.Tensor) -> torch.Tensor:
-        """A transposed block viewed as ``(pre, units, post, n)``: the other group's units on
-        dimension 1."""
-        return stored.view(*self.shape4, stored.shape[1])
+    def by_unit(self, stored: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, int]:
+        """The stored block viewed with the other group's units on one dimension, and that
+        dimension: ``(pre, units, post, n)`` and 1 if ``transposed``, else ``(n, pre, units,
+        post)`` and 2."""
+        if transposed:
+            return stored.view(*self.shape4, stored.shape[1]), 1
+        return stored.view(stored.shape[0], *self.shape4), 2
 
-    def store(self, tensor: torch.Tensor, size: int, perm: Mapping[str, torch.Tensor] | None
-              ) -> torch.Tensor:
-        """How the block is kept, built from its ``tensor`` in one copy: ``unit_view`` after
-        the other groups' ``perm`` (None: unpermuted), transposed if :attr:`transposed`."""
-        if not self.transposed:
+    def store(self, tensor: torch.Tensor, size: int, perm: Mapping[str, torch.Tensor] | None,
+              transposed: bool) -> torch.Tensor:
+        """How the block is kept, built from its ``tensor`` in (at most) one copy:
+        ``unit_view`` after the other groups' ``perm`` (None: unpermuted), transposed or
+        not."""
+        if not transposed:
             rows = (unit_view(tensor, self.member, size) if perm is None else
                     permuted_rows(tensor, self.member, size, self.others, perm))
             return rows.contiguous()
+        if perm is None:
+            return tensor.movedim(self.member.axis, -1).reshape(-1, size).contiguous()
+        name, other = self.others[0]
+        if other.axis > self.member.axis:  # gather runs in B's own layout, then transpose
+            gathered = torch.index_select(tensor, other.axis, perm[name])
+            return gathered.movedim(self.member.axis, -1).reshape(-1, size).contiguous()
+        # the other axis comes first: gather its slabs straight from the moved view
+        # (measured both ways on conv and linear weights: each order is faster where used)
         view = tensor.movedim(self.member.axis, -1)  # (*rest, n)
-        if perm is not None:
-            name, other = self.others[0]
-            axis = other.axis if other.axis < self.member.axis else other.axis - 1
-            view = torch.index_select(view, axis, perm[name])
-        return view.reshape(-1, size).contiguous()  # (width, n)
+        return torch.index_select(view, other.axis, perm[name]).reshape(-1, size).contiguous()
 
 
 def _block_shape(tensor: torch.Tensor, member: Member, others: Others
@@ -204,6 +219,7 @@ class _Matcher:
         self.blocks: dict[str, list[_Block]] = {}
         self.a_rows: dict[str, list[torch.Tensor]] = {}  # per group, per block: _Block.store
         self.b_rows: dict[str, list[torch.Tensor | None]] = {}  # the same, kept up to date
+        self.transposed: dict[str, list[bool]] = {}  # how each block is stored
         self.sim: dict[str, torch.Tensor | None] = {}  # (n, n) float64, or None
         self.applied: dict[tuple[str, int], torch.Tensor] = {}  # other's perm in a block
         self.stale: dict[str, set[int]] = {}
@@ -221,7 +237,9 @@ class _Matcher:
                     self.dependents[q].append((n, len(blocks) - 1))
             self.blocks[n] = blocks
             if not bounded:
-                self.a_rows[n] = [b.store(a[b.key], g.size, None) for b in blocks]
+                self.transposed[n] = [b.starts_transposed for b in blocks]
+                self.a_rows[n] = [b.store(a[b.key], g.size, None, b.starts_transposed)
+                                  for b in blocks]
                 self.b_rows[n] = [None] * len(blocks)
             self.sim[n] = None
             self.stale[n] = set(range(len(blocks)))
@@ -263,13 +281,15 @@ class _Matcher:
         size = self.spec.groups[name].size
         for i in stale:
             block, old = self.blocks[name][i], self.b_rows[name][i]
-            if block.transposed and old is not None:  # reorder the slabs it holds
+            transposed = self.transposed[name][i]
+            if block.shape4 is not None and old is not None:  # reorder the units it holds
                 other = self.perm[block.others[0][0]]
                 where = torch.argsort(self.applied[(name, i)])  # original unit -> place
-                new = block.slabs(old).index_select(1, where[other]).view(old.shape)
+                units, dim = block.by_unit(old, transposed)
+                new = units.index_select(dim, where[other]).view(old.shape)
             else:
                 self.b_rows[name][i] = None  # released before its replacement is made
-                new = block.store(self.b[block.key], size, self.perm)
+                new = block.store(self.b[block.key], size, self.perm, transposed)
             self.b_rows[name][i] = new
             if block.shape4 is not None:
                 self.applied[(name, i)] = self.perm[block.others[0][0]]
@@ -286,10 +306,14 @@ class _Matcher:
             self.applied[(name, i)] = other
             if len(idx) == 0:
                 continue
-            b_slabs = block.slabs(self.b_rows[name][i])  # (pre, units, post, n) view
+            if not self.transposed[name][i]:  # first update by units: transpose the block
+                self.transposed[name][i] = True
+                self.a_rows[name][i] = self.a_rows[name][i].T.contiguous()
+                self.b_rows[name][i] = self.b_rows[name][i].T.contiguous()
+            b_slabs = block.by_unit(self.b_rows[name][i], True)[0]  # (pre, units, post, n)
             new = b_slabs.index_select(1, where[other[idx]])  # the units now at idx
             d_parts.append((new - b_slabs.index_select(1, idx)).reshape(-1, n))
-            a_parts.append(block.slabs(self.a_rows[name][i]).index_select(1, idx)
+            a_parts.append(block.by_unit(self.a_rows[name][i], True)[0].index_select(1, idx)
                            .reshape(-1, n))
             b_slabs.index_copy_(1, idx, new)
         self.updates += 1
@@ -308,8 +332,10 @@ class _Matcher:
         if self.sim[name] is None:
             size = self.spec.groups[name].size
             sim = torch.zeros(size, size, device=self.b_device)  # (n, n), float32 sums
-            for block, a, b in zip(self.blocks[name], self.a_rows[name], self.b_rows[name]):
-                sim += matmul_nt(block.rows(a), block.rows(b), self.threads)  # (n, d) each
+            for a, b, transposed in zip(self.a_rows[name], self.b_rows[name],
+                                        self.transposed[name]):
+                sim += matmul_nt(_Block.rows(a, transposed), _Block.rows(b, transposed),
+                                 self.threads)  # (n, d) each
             self.sim[name] = sim.double()
         out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
