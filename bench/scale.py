@@ -22,9 +22,10 @@ safetensors under a temporary folder and frees it, then the same for B (seed 1);
 reads both folders lazily (:func:`permalign.hf.lazy_state`, the model built on the meta
 device, so it holds no weights), runs weight matching in the bounded mode and writes the
 permuted B folder shard by shard (:func:`permalign.statedict.permuted_view`,
-:func:`permalign.hf.save_folder`). For ``gpt2-lazy`` the same child also runs the eager path
-(the folders loaded whole, cached matching, eager write) on the same folders, and the two
-written folders are compared byte for byte. Peak memory per phase is the kernel's high-water
+:func:`permalign.hf.save_folder`). For ``gpt2-lazy`` a child of its own first runs the eager
+path (the folders loaded whole, cached matching, eager write) on the same folders (one
+process for both let the lazy path start with what the allocator kept from the eager one),
+and the two written folders are compared byte for byte. Peak memory per phase is the kernel's high-water
 mark (``VmHWM``, reset through ``/proc/self/clear_refs`` before each phase), with the largest
 anonymous and file-backed resident sizes seen by a 20 Hz sampler (``RssAnon``/``RssFile``).
 """
@@ -283,14 +284,17 @@ def _run_child(*argv: str) -> dict:
 
 
 def lazy_part(kind: str, layers: int, modes: list[str], root: str | None) -> tuple[dict, list]:
-    """Prepare the pair's folders, then match and write in a fresh child; rows per mode."""
+    """Prepare the pair's folders, then match and write in a fresh child per mode; rows per
+    mode."""
     load_before = os.getloadavg()
     folder = tempfile.mkdtemp(prefix=f"permalign-scale-{kind}-", dir=root)
     try:
         prepared = _run_child("--child", "prepare", "--kind", kind, "--llama-layers",
                               str(layers), "--folder", folder)
-        r = _run_child("--child", "match", "--kind", kind, "--llama-layers", str(layers),
-                       "--folder", folder, "--modes", ",".join(modes))
+        r: dict = {}
+        for mode in modes:  # a fresh child each: memory one mode freed is not the next's
+            r = {**_run_child("--child", "match", "--kind", kind, "--llama-layers",
+                              str(layers), "--folder", folder, "--modes", mode), **r}
         if len(modes) > 1:
             files = [sorted(p.name for p in (Path(folder) / f"out-{m}").glob("model-*"))
                      for m in modes]

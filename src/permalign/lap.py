@@ -60,10 +60,11 @@ def has_lapjv() -> bool:
     return importlib.util.find_spec("lap") is not None
 
 
-# The warm-started solver took 2.3x less time than SciPy per solve at n = 512 on the successive
-# similarities of trained MLP, ResNet-20 x8 and VGG-16 runs, 1.7x at 256 and 1.4x at 128
-# (bench/lap_solvers.py --warm). A process pays about 0.5 s once to import numba and load the
-# compiled kernels: below 512 units the saving per solve (< 0.4 ms) does not repay it.
+# The warm-started solver took 2.7x less time than SciPy per solve at n = 512 on the successive
+# similarities of trained MLP, ResNet-20 x8 and VGG-16 runs (3.1 ms saved per solve), 2.2x at
+# 256 (0.5 ms) and 1.9x at 128 (bench/warm_assignment.py). A process pays about 0.4 s once to
+# import numba and load the compiled kernels: below 512 units that takes thousands of solves
+# to repay, at 512 about 120 (one run of weight matching on the MLP 3x512 makes 40-50).
 JV_FROM = 512
 
 

@@ -473,7 +473,7 @@ def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
     ``auto`` by size). ``restarts`` > 0 also runs from that many random starting permutations
     and keeps the run with the highest objective (coordinate descent can stop in a local
     optimum). ``progress`` shows a bar of the groups solved in each sweep (for large models).
-    ``memory``: ``cached`` keeps every group's rows of A and B (about 2-3 times the matched
+    ``memory``: ``cached`` keeps every group's rows of A and B (about 2-4 times the matched
     tensors; fastest), ``bounded`` keeps none and sums each similarity member by member (see
     the module's docstring for its bound), ``auto`` is bounded when either state dict is lazy
     (:mod:`permalign.lazy`) and cached otherwise. Both give the same permutations.
