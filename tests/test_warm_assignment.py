@@ -2,6 +2,11 @@
 and weight matching with it finds what it finds with SciPy."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -100,3 +105,47 @@ def test_weight_matching_finds_the_same_with_the_warm_solver(trained, name):
         cold = _coordinate_descent(spec, a, b, seed=seed, solver="scipy", **options)
         assert same_perm(warm.perm, cold.perm)
         assert warm.history == pytest.approx(cold.history, rel=1e-9)
+
+
+@pytest.mark.parametrize("previous_scale", [1e20, 1e300, 1e-300])
+def test_a_previous_matrix_on_another_scale_does_not_spoil_the_next(previous_scale):
+    """Duals of a matrix on a far larger scale would drown the next matrix's entries in
+    rounding: the solver starts afresh then (and shifts its duals so they cannot drift)."""
+    rng = np.random.default_rng(4)
+    first, sim = rng.standard_normal((40, 40)), rng.standard_normal((40, 40))
+    solver = WarmAssignment()
+    solver(first)
+    solver(first * previous_scale)
+    assert value(sim, solver(sim)) == pytest.approx(optimum(sim), rel=1e-12)
+    assert value(first, solver(first)) == pytest.approx(optimum(first), rel=1e-12)
+    for _ in range(200):
+        solver(rng.standard_normal((40, 40)))
+    assert solver.v.max() - solver.v.min() < 100 and abs(solver.v.max()) < 100
+
+
+def test_the_solver_refuses_what_is_not_a_finite_square_matrix():
+    solver = WarmAssignment()
+    solver(np.eye(2))
+    for bad in ([[np.nan, 1.0], [1.0, 0.0]], np.zeros((2, 3)), [[np.inf, 0.0], [0.0, 1.0]]):
+        with pytest.raises(PermalignError, match="square matrix|NaN or Inf"):
+            solver(np.asarray(bad))
+
+
+def test_a_numba_that_does_not_import_counts_as_absent(tmp_path):
+    """numba pins NumPy tightly: installed beside a newer NumPy it fails on import. Then
+    ``auto`` uses SciPy and ``jv`` says what is missing, in one line."""
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.2 or less")\n')
+    code = ("import numpy as np; from permalign import lap\n"
+            "assert lap.choose(lap.JV_FROM, warm=True) == 'scipy'\n"
+            "sim = np.random.default_rng(0).standard_normal((lap.JV_FROM, lap.JV_FROM))\n"
+            "assert (lap.assigner('auto')(sim) == lap.solve(sim, 'scipy')).all()\n"
+            "try:\n    lap.assigner('jv')(sim)\nexcept Exception as e:\n"
+            "    print(type(e).__name__, e)\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("PermalignError assignment solver 'jv' needs the optional "
+                                  "package: pip install numba")

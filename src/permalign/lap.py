@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .errors import PermalignError
-from .warm_assignment import WarmAssignment, has_numba
+from .warm_assignment import WarmAssignment, checked_similarity, has_numba
 
 
 def _scipy(similarity: np.ndarray) -> np.ndarray:
@@ -82,12 +82,7 @@ def _checked(similarity: np.ndarray, solver: str) -> np.ndarray:
     if solver not in SOLVERS:
         raise PermalignError(f"unknown assignment solver {solver!r}; use one of auto, "
                              f"{', '.join(SOLVERS)}")
-    similarity = np.ascontiguousarray(similarity, dtype=np.float64)
-    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
-        raise PermalignError(f"assignment needs a square matrix, got shape {similarity.shape}")
-    if not np.isfinite(similarity).all():
-        raise PermalignError("similarity matrix has NaN or Inf entries (are the weights finite?)")
-    return similarity
+    return checked_similarity(similarity)
 
 
 def solve(similarity: np.ndarray, solver: str = "scipy") -> np.ndarray:
@@ -110,10 +105,9 @@ def assigner(solver: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
 
     def assign(similarity: np.ndarray) -> np.ndarray:
         name = choose(len(similarity), warm=True) if solver == "auto" else solver
-        similarity = _checked(similarity, name)
         if name != "jv":
-            return SOLVERS[name](similarity)
+            return SOLVERS[name](_checked(similarity, name))
         if not has_numba():
             return SOLVERS["jv"](similarity)  # its one-line error
-        return warm.setdefault(len(similarity), WarmAssignment())(similarity)
+        return warm.setdefault(len(similarity), WarmAssignment())(similarity)  # checks it
     return assign

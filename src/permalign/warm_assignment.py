@@ -23,27 +23,59 @@ compiled on first use and cached on disk.
 """
 from __future__ import annotations
 
-import importlib.util
+import functools
 from typing import Any
 
 import numpy as np
+
+from .errors import PermalignError
 
 # Step 2 stops after this many bids per row and leaves the rest to step 3: with no bound,
 # bidding can trade a column back and forth in tiny steps ("price wars").
 BIDS_PER_ROW = 4
 
+# The previous duals are used only while their spread stays within this many times n times the
+# new matrix's spread (an optimal dual's spread is at most (n - 1) times the matrix's): duals
+# of a matrix on a far larger scale would drown the new entries in rounding.
+DUAL_SPREAD = 10
+
 _kernels: Any = None
 
 
+def checked_similarity(similarity: np.ndarray) -> np.ndarray:
+    """``similarity`` as a contiguous float64 square matrix, or a one-line error."""
+    similarity = np.ascontiguousarray(similarity, dtype=np.float64)
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise PermalignError(f"assignment needs a square matrix, got shape {similarity.shape}")
+    if not np.isfinite(similarity).all():
+        raise PermalignError("similarity matrix has NaN or Inf entries (are the weights finite?)")
+    return similarity
+
+
+def _spread(sim: np.ndarray) -> float:
+    """A cheap lower bound of the spread of ``sim``'s entries: over its first row, first
+    column and diagonal (O(n))."""
+    return float(max(np.ptp(sim[0]), np.ptp(sim[:, 0]), np.ptp(np.diagonal(sim))))
+
+
+@functools.cache
 def has_numba() -> bool:
-    """Whether the optional ``numba`` package imports."""
-    return importlib.util.find_spec("numba") is not None
+    """Whether the optional ``numba`` package imports (installed but broken, e.g. by a NumPy
+    newer than it supports, counts as absent); tried once per process."""
+    try:
+        from . import _warm_kernels  # noqa: F401  (imports numba; compiles nothing yet)
+    except Exception:
+        return False
+    return True
 
 
 def _compile() -> Any:
     """The numba kernels, compiled (or loaded from numba's cache) on first call."""
     global _kernels
     if _kernels is None:
+        if not has_numba():
+            raise PermalignError("the warm-started assignment solver needs the optional "
+                                 "package numba, which does not import: pip install numba")
         from . import _warm_kernels
         _kernels = _warm_kernels
     return _kernels
@@ -63,9 +95,13 @@ class WarmAssignment:
 
     def __call__(self, similarity: np.ndarray) -> np.ndarray:
         k = _compile()
-        sim = np.ascontiguousarray(similarity, dtype=np.float64)  # (n, n), maximised
+        sim = checked_similarity(similarity)  # (n, n), maximised
         n = len(sim)
         u = np.zeros(n)
+        if self.v is not None and len(self.v) == n:
+            self.v = self.v - self.v.max()  # a shift of every dual changes nothing; no drift
+            if np.ptp(self.v) > DUAL_SPREAD * n * max(_spread(sim), np.finfo(float).tiny):
+                self.v = None  # duals of a matrix on another scale: start afresh
         if self.v is None or len(self.v) != n:
             v = np.zeros(n)
             col4row = np.full(n, -1, dtype=np.int64)
@@ -80,7 +116,7 @@ class WarmAssignment:
             assigned = col4row >= 0
             u[assigned] = -sim[assigned, col4row[assigned]] - v[col4row[assigned]]
         self.freed = len(free)
-        if not k.augment_all(sim, u, v, col4row, row4col, free):
-            raise ValueError("assignment has no finite solution")  # inputs are checked finite
+        if not k.augment_all(sim, u, v, col4row, row4col, free):  # (cannot for finite input)
+            raise PermalignError("assignment has no finite solution")
         self.v, self.col4row = v, col4row
         return col4row.copy()
