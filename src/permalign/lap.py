@@ -60,11 +60,12 @@ def has_lapjv() -> bool:
     return importlib.util.find_spec("lap") is not None
 
 
-# The warm-started solver took 2.7x less time than SciPy per solve at n = 512 on the successive
-# similarities of trained MLP, ResNet-20 x8 and VGG-16 runs (3.1 ms saved per solve), 2.2x at
-# 256 (0.5 ms) and 1.9x at 128 (bench/warm_assignment.py). A process pays about 0.4 s once to
-# import numba and load the compiled kernels: below 512 units that takes thousands of solves
-# to repay, at 512 about 120 (one run of weight matching on the MLP 3x512 makes 40-50).
+# The warm-started solver took 2.3x less time than SciPy per solve at n = 512 on the successive
+# similarities of trained MLP, ResNet-20 x8 and VGG-16 runs (3.5 ms saved per solve), 2.1x at
+# 256 (0.8 ms) and 1.8x at 128 (bench/warm_assignment.py; 2.7x, 2.2x, 1.9x in an earlier run
+# on a less loaded machine). A process pays about 0.4-0.5 s once to import numba and load the
+# compiled kernels: below 512 units that takes hundreds to thousands of solves to repay, at
+# 512 about 150 (one run of weight matching on the MLP 3x512 makes 40-50).
 JV_FROM = 512
 
 
