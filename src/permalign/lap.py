@@ -39,10 +39,7 @@ def _lapjv(similarity: np.ndarray) -> np.ndarray:
 
 
 def _jv(similarity: np.ndarray) -> np.ndarray:
-    if not has_numba():
-        raise PermalignError("assignment solver 'jv' needs the optional package: pip install "
-                             "numba")
-    return WarmAssignment()(similarity)  # one solve from nothing: no warm start
+    return WarmAssignment()(similarity)  # one solve from nothing (no numba: one-line error)
 
 
 SOLVERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"scipy": _scipy, "lap": _lapjv,
@@ -100,15 +97,13 @@ def solve(similarity: np.ndarray, solver: str = "scipy") -> np.ndarray:
 
 def assigner(solver: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
     """A solver for successive similarities of one group, ``similarity -> perm`` as
-    :func:`solve`; ``jv`` (``auto``'s choice below :data:`LAPJV_FROM` units when numba is
-    installed) starts each solve from the previous one's duals and assignment."""
+    :func:`solve`; ``jv`` (``auto``'s choice from :data:`JV_FROM` to :data:`LAPJV_FROM` units
+    when numba is installed) starts each solve from the previous one's duals and assignment."""
     warm: dict[int, WarmAssignment] = {}  # by size: ``auto`` may choose per size
 
     def assign(similarity: np.ndarray) -> np.ndarray:
         name = choose(len(similarity), warm=True) if solver == "auto" else solver
         if name != "jv":
             return SOLVERS[name](_checked(similarity, name))
-        if not has_numba():
-            return SOLVERS["jv"](similarity)  # its one-line error
         return warm.setdefault(len(similarity), WarmAssignment())(similarity)  # checks it
     return assign

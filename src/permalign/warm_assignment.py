@@ -17,9 +17,9 @@ such by the kernels):
 Every step keeps the duals feasible (``cost[i, j] - u[i] - v[j] >= 0``) and tight on the
 assigned pairs, so the result is an optimal assignment, as SciPy's (ties may be broken
 differently). The first solve of a group is step 3 alone, from zero duals. Measured on the
-sequences of similarities of real weight-matching runs (``bench/lap_solvers.py``, results in
-``bench/results/lap_solvers.md``). Needs the optional ``numba`` package; the kernels are
-compiled on first use and cached on disk.
+sequences of similarities of real weight-matching runs (``bench/warm_assignment.py``, results
+in ``bench/results/warm_assignment.md``). Needs the optional ``numba`` package; the kernels
+are compiled on first use and cached on disk.
 """
 from __future__ import annotations
 
@@ -38,8 +38,6 @@ BIDS_PER_ROW = 4
 # new matrix's spread (an optimal dual's spread is at most (n - 1) times the matrix's): duals
 # of a matrix on a far larger scale would drown the new entries in rounding.
 DUAL_SPREAD = 10
-
-_kernels: Any = None
 
 
 def checked_similarity(similarity: np.ndarray) -> np.ndarray:
@@ -70,15 +68,12 @@ def has_numba() -> bool:
 
 
 def _compile() -> Any:
-    """The numba kernels, compiled (or loaded from numba's cache) on first call."""
-    global _kernels
-    if _kernels is None:
-        if not has_numba():
-            raise PermalignError("the warm-started assignment solver needs the optional "
-                                 "package numba, which does not import: pip install numba")
-        from . import _warm_kernels
-        _kernels = _warm_kernels
-    return _kernels
+    """The numba kernels (each compiled, or loaded from numba's cache, on its first call)."""
+    if not has_numba():
+        raise PermalignError("assignment solver 'jv' needs the optional package: pip install "
+                             "numba")
+    from . import _warm_kernels
+    return _warm_kernels
 
 
 class WarmAssignment:
