@@ -296,40 +296,40 @@ def test_result_does_not_depend_on_the_thread_count():
 @pytest.mark.parametrize("name", ["mlp:depth=3,width=32", "resnet20:width=1,norm=ln",
                                   "vgg11:width=0.125,norm=bn"])
 def test_kept_rows_of_b_follow_the_permutations(name):
-    """Weight matching keeps B's rows per block (as rows, or transposed: from the start, or
-    once a few units moved) and reorders them when a neighbour moves (a few units: by
-    columns; many: the whole block); after any mix of moves they equal B's rows gathered
-    afresh, and the cached similarity the fresh product."""
+    """Weight matching keeps B's rows per block (as rows, or transposed) and reorders them
+    when a neighbour moves (a few units: by columns; many: the whole block, updating the
+    similarity by its difference or recomputing it); after any mix of moves they equal B's
+    rows gathered afresh, and the cached similarity the fresh product."""
     from permalign.match.weight import _Matcher, default_similarity_key, permuted_rows
     from permalign.permutation import identity_permutation
     _, spec, a = random_model(name)
     _, _, b = random_model(name, seed=1)
     matcher = _Matcher(spec, a, b, identity_permutation(spec), default_similarity_key, None,
                        "scipy", 1)
-    assert any(block.starts_transposed for blocks in matcher.blocks.values() for block in blocks)
     generator = torch.Generator().manual_seed(0)
-    for step in range(6):
+    for step in range(9):
         for group in spec.groups:
             matcher.similarity(group)
-        for group, g in spec.groups.items():
+        for number, (group, g) in enumerate(spec.groups.items()):
             new = matcher.perm[group].clone()
-            if step % 2:  # a few units swap places: the incremental path
+            if step % 3 == 1:  # a few units swap places: updates by their columns
                 idx = torch.randperm(g.size, generator=generator)[:2]
                 new[idx] = new[idx.flip(0)]
-            else:  # everything moves
+            elif step % 3 == 0 or number % 3 == 0:  # everything moves (at step % 3 == 2 in
+                # every third group: its neighbours' similarities update by whole blocks)
                 new = new[torch.randperm(g.size, generator=generator)]
             matcher.set_perm(group, new, 0.0)
-    assert matcher.updates > 0
-    layouts = {t for flags in matcher.transposed.values() for t in flags}
+    assert matcher.updates > matcher.whole_block_updates > 0
+    layouts = {block.transposed for blocks in matcher.blocks.values() for block in blocks
+               if block.shape4}
     assert layouts == {True, False}  # both kinds of storage were exercised
     for group, g in spec.groups.items():
         sim = torch.as_tensor(matcher.similarity(group))
         fresh = torch.zeros(g.size, g.size, dtype=torch.float64)
-        for block, a_kept, b_kept, transposed in zip(
-                matcher.blocks[group], matcher.a_rows[group], matcher.b_rows[group],
-                matcher.transposed[group]):
+        for block, a_kept, b_kept in zip(matcher.blocks[group], matcher.a_rows[group],
+                                         matcher.b_rows[group]):
             expected = permuted_rows(matcher.b[block.key], block.member, g.size, block.others,
                                      matcher.perm)
-            assert torch.equal(block.rows(b_kept, transposed), expected), (group, block.key)
-            fresh += (block.rows(a_kept, transposed).double() @ expected.double().T)
+            assert torch.equal(block.rows(b_kept), expected), (group, block.key)
+            fresh += (block.rows(a_kept).double() @ expected.double().T)
         assert torch.allclose(sim, fresh, rtol=1e-5, atol=1e-5), group

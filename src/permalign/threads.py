@@ -47,14 +47,17 @@ def threads_for(flops: float, available: int) -> int:
     return available if flops >= PARALLEL_FLOPS else 1
 
 
-def matmul_nt(a: torch.Tensor, b: torch.Tensor, threads: int) -> torch.Tensor:
-    """``a @ b.T`` for ``a`` (n, k) and ``b`` (m, k); large CPU products in blocks of
+def matmul_nt(a: torch.Tensor, b: torch.Tensor, threads: int,
+              add_to: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T`` for ``a`` (n, k) and ``b`` (m, k), or with ``add_to`` (n, m) that sum added
+    into it in place (fused, no temporary; returned); large CPU products in blocks of
     :data:`BLOCK_ROWS` rows of ``a`` shared by up to ``threads`` threads (call it under
     ``torch_threads(1)``)."""
     n = a.shape[0]
     if a.device.type != "cpu" or 2.0 * n * b.shape[0] * a.shape[1] < PARALLEL_FLOPS:
-        return a @ b.T
-    out = torch.empty(n, b.shape[0], dtype=torch.result_type(a, b))
+        return a @ b.T if add_to is None else add_to.addmm_(a, b.T)
+    out = (torch.empty(n, b.shape[0], dtype=torch.result_type(a, b)) if add_to is None
+           else add_to)
     starts = iter(range(0, n, BLOCK_ROWS))
     lock = threading.Lock()
 
@@ -64,8 +67,11 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor, threads: int) -> torch.Tensor:
                 start = next(starts, None)
             if start is None:
                 return
-            stop = min(start + BLOCK_ROWS, n)
-            torch.mm(a[start:stop], b.T, out=out[start:stop])
+            rows = slice(start, min(start + BLOCK_ROWS, n))
+            if add_to is None:
+                torch.mm(a[rows], b.T, out=out[rows])
+            else:
+                out[rows].addmm_(a[rows], b.T)
     helpers = min(threads, -(-n // BLOCK_ROWS)) - 1
     global _pool
     if helpers > 0 and (_pool is None or _pool._max_workers < helpers):

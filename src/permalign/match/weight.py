@@ -100,9 +100,14 @@ def _on_slice(member: Member, others: Others) -> Others:
     return tuple(out)
 
 
-# An incremental update of a cached similarity pays while it touches fewer columns than this
-# share of the group's matrices; above it the product is recomputed from scratch.
-INCREMENTAL_SHARE = 0.3
+# What updating a cached similarity costs per column of a stale block, in columns of the
+# product from scratch (bench/update_costs.py, conv 512 x 512 x 3 x 3 and linear 512 x 512
+# blocks in both layouts): by the moved units' columns (three gathers, a difference, a copy back
+# and the product over them) about 2; by the whole block's change (B's rows reordered, their
+# difference, the product over the block) about 1.4. A block takes the cheaper way, and the
+# similarity is recomputed from scratch when that costs no more than the updates together.
+COLUMN_COST = 2.0
+BLOCK_COST = 1.4
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,10 @@ class _Block:
 
     ``shape4`` is set when exactly one other plain member acts on the tensor (the usual
     weight between two groups): the block's rows then view as ``(pre, units, post)`` over
-    that member's units, and a change of a few of them updates the similarity incrementally.
-    Such a block may be stored ``transposed``: ``(width, n)``, viewed ``(pre, units, post,
-    n)``; otherwise as rows ``(n, width)``, viewed ``(n, pre, units, post)``.
+    that member's units, and a change of a few of them updates the similarity by their columns.
+    Such a block is stored ``transposed`` when its own axis is not the tensor's first:
+    ``(width, n)``, viewed ``(pre, units, post, n)``; otherwise as rows ``(n, width)``, viewed
+    ``(n, pre, units, post)``.
     """
 
     key: str
@@ -123,30 +129,47 @@ class _Block:
     shape4: tuple[int, int, int] | None = None  # (pre, units of the other group, post)
 
     @property
-    def starts_transposed(self) -> bool:
-        """Whether the block is kept transposed from the start: a weight between two groups
-        whose own axis is not the tensor's first (its rows need a copy either way)."""
+    def transposed(self) -> bool:
+        """Whether the block is kept transposed, ``(width, n)``: a weight between two groups
+        whose own axis is not the tensor's first (its rows need a copy either way, and the
+        other group's units then own contiguous slabs). A block on the first axis is a plain
+        view of A's tensor (and one gather of B's) as rows."""
         return self.shape4 is not None and self.member.axis != 0
 
-    @staticmethod
-    def rows(stored: torch.Tensor, transposed: bool) -> torch.Tensor:
+    def rows(self, stored: torch.Tensor) -> torch.Tensor:
         """The block's rows ``(n, width)`` (a view) from how it is stored."""
-        return stored.T if transposed else stored
+        return stored.T if self.transposed else stored
 
-    def by_unit(self, stored: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, int]:
+    def by_unit(self, stored: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The stored block viewed with the other group's units on one dimension, and that
-        dimension: ``(pre, units, post, n)`` and 1 if ``transposed``, else ``(n, pre, units,
-        post)`` and 2."""
-        if transposed:
-            return stored.view(*self.shape4, stored.shape[1]), 1
-        return stored.view(stored.shape[0], *self.shape4), 2
+        dimension: ``([pre,] units, [post,] n)`` if transposed, else ``(n, [pre,] units,
+        [post])``; ``pre`` and ``post`` only when above 1 (index_select runs several times
+        slower on a view with a dimension of size 1)."""
+        pre, units, post = self.shape4
+        inner = ((pre,) if pre > 1 else ()) + (units,) + ((post,) if post > 1 else ())
+        dim = 1 if pre > 1 else 0
+        if self.transposed:
+            return stored.view(*inner, stored.shape[1]), dim
+        return stored.view(stored.shape[0], *inner), dim + 1
 
-    def store(self, tensor: torch.Tensor, size: int, perm: Mapping[str, torch.Tensor] | None,
-              transposed: bool) -> torch.Tensor:
+    def flat(self, picked: torch.Tensor) -> torch.Tensor:
+        """Rows ``(n, columns)`` (a view) of a :meth:`by_unit` view, or of a selection of its
+        units."""
+        return picked.reshape(-1, picked.shape[-1]).T if self.transposed else \
+            picked.reshape(picked.shape[0], -1)
+
+    def reordered(self, stored: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """A new stored block whose other-group unit ``u`` is ``stored``'s unit ``order[u]``
+        (one gather)."""
+        view, dim = self.by_unit(stored)
+        return view.index_select(dim, order).view(stored.shape)
+
+    def store(self, tensor: torch.Tensor, size: int, perm: Mapping[str, torch.Tensor] | None
+              ) -> torch.Tensor:
         """How the block is kept, built from its ``tensor`` in (at most) one copy:
         ``unit_view`` after the other groups' ``perm`` (None: unpermuted), transposed or
         not."""
-        if not transposed:
+        if not self.transposed:
             rows = (unit_view(tensor, self.member, size) if perm is None else
                     permuted_rows(tensor, self.member, size, self.others, perm))
             return rows.contiguous()
@@ -219,7 +242,6 @@ class _Matcher:
         self.blocks: dict[str, list[_Block]] = {}
         self.a_rows: dict[str, list[torch.Tensor]] = {}  # per group, per block: _Block.store
         self.b_rows: dict[str, list[torch.Tensor | None]] = {}  # the same, kept up to date
-        self.transposed: dict[str, list[bool]] = {}  # how each block is stored
         self.sim: dict[str, torch.Tensor | None] = {}  # (n, n) float64, or None
         self.applied: dict[tuple[str, int], torch.Tensor] = {}  # other's perm in a block
         self.stale: dict[str, set[int]] = {}
@@ -237,9 +259,7 @@ class _Matcher:
                     self.dependents[q].append((n, len(blocks) - 1))
             self.blocks[n] = blocks
             if not bounded:
-                self.transposed[n] = [b.starts_transposed for b in blocks]
-                self.a_rows[n] = [b.store(a[b.key], g.size, None, b.starts_transposed)
-                                  for b in blocks]
+                self.a_rows[n] = [b.store(a[b.key], g.size, None) for b in blocks]
                 self.b_rows[n] = [None] * len(blocks)
             self.sim[n] = None
             self.stale[n] = set(range(len(blocks)))
@@ -253,73 +273,93 @@ class _Matcher:
         self.assigners: dict[str, Callable[[np.ndarray], np.ndarray]] = {}  # per group
         self.solves = 0
         self.updates = 0  # similarities brought up to date incrementally
+        self.whole_block_updates = 0  # blocks among those updated by their whole change
         self.time_similarity = 0.0
         self.time_solver = 0.0
 
     def refresh(self, name: str) -> None:
-        """Bring group ``name``'s stale blocks up to date, and its cached similarity by the
-        moved units' columns when they are few enough (else it is recomputed)."""
+        """Bring group ``name``'s stale blocks up to date, and its cached similarity by their
+        change when that is cheaper than recomputing it (else it is recomputed)."""
         if not self.stale[name] or self.bounded:
             return
         stale = sorted(self.stale[name])
         self.stale[name].clear()
-        moved: dict[int, torch.Tensor] = {}  # block -> indices of the other group's units
-        for i in stale:
-            block = self.blocks[name][i]
-            if block.shape4 is None or self.b_rows[name][i] is None:
-                break
-            moved[i] = (self.applied[(name, i)] != self.perm[block.others[0][0]]
-                        ).nonzero().flatten()
+        blocks = self.blocks[name]
+        moved: dict[int, torch.Tensor | None] = {}  # block -> the other group's moved units
+        for i in stale:  # (None: the block is rebuilt whole)
+            block = blocks[i]
+            moved[i] = None if block.shape4 is None or self.b_rows[name][i] is None else (
+                self.applied[(name, i)] != self.perm[block.others[0][0]]).nonzero().flatten()
+        work = sum(0 if idx is not None and not len(idx) else
+                   COLUMN_COST * self._by_columns(blocks[i], idx) or BLOCK_COST * blocks[i].width
+                   for i, idx in moved.items())
+        if (not self.incremental or self.sim[name] is None
+                or work >= sum(b.width for b in blocks)):
+            self.sim[name] = None
+            for i in stale:
+                old = self.b_rows[name][i]
+                if blocks[i].shape4 is None:  # rebuilt: released before its replacement
+                    old = self.b_rows[name][i] = None
+                self.b_rows[name][i] = self._updated_rows(name, i, old)
+            return
+        self._update(name, moved)
+
+    def _by_columns(self, block: _Block, units: torch.Tensor | None) -> int:
+        """Columns of an update of ``block`` by the other group's moved ``units``, or 0
+        when the whole block's change is cheaper (or the block has no such units)."""
+        if units is None:
+            return 0
+        columns = len(units) * block.shape4[0] * block.shape4[2]
+        return columns if COLUMN_COST * columns <= BLOCK_COST * block.width else 0
+
+    def _updated_rows(self, name: str, i: int, old: torch.Tensor | None) -> torch.Tensor:
+        """Block ``i`` of group ``name`` as B's rows under the current permutations: ``old``
+        reordered (B's rows under the other group's new permutation are its old rows in
+        another order; B's tensor is not read again), or built afresh."""
+        block = self.blocks[name][i]
+        if block.shape4 is None or old is None:
+            new = block.store(self.b[block.key], self.spec.groups[name].size, self.perm)
         else:
-            touched = sum(len(idx) * b.shape4[0] * b.shape4[2] for i, idx in moved.items()
-                          for b in [self.blocks[name][i]])
-            if (self.incremental and self.sim[name] is not None
-                    and touched <= INCREMENTAL_SHARE * sum(b.width for b in self.blocks[name])):
-                self._update(name, moved)
-                return
-        self.sim[name] = None
-        size = self.spec.groups[name].size
-        for i in stale:
-            block, old = self.blocks[name][i], self.b_rows[name][i]
-            transposed = self.transposed[name][i]
-            if block.shape4 is not None and old is not None:  # reorder the units it holds
+            other = self.perm[block.others[0][0]]
+            where = torch.argsort(self.applied[(name, i)])  # original unit -> place in old
+            new = block.reordered(old, where[other])
+        if block.shape4 is not None:
+            self.applied[(name, i)] = self.perm[block.others[0][0]]
+        return new
+
+    def _update(self, name: str, moved: dict[int, torch.Tensor | None]) -> None:
+        """Add the stale blocks' change to the cached similarity: for a block whose other
+        group moved few units, ``A_cols @ (B_new - B_old)_cols.T`` over those units' columns
+        (and B's rows reordered there); for the others, the whole block's
+        ``A_rows @ (B_new - B_old).T``. The changes are summed in float32 (as a similarity
+        from scratch), then added to the float64 cache."""
+        blocks, rows_b = self.blocks[name], self.b_rows[name]
+        change = torch.zeros_like(self.sim[name], dtype=torch.float32)  # (n, n)
+        for i, idx in moved.items():
+            block = blocks[i]
+            if self._by_columns(block, idx):
                 other = self.perm[block.others[0][0]]
                 where = torch.argsort(self.applied[(name, i)])  # original unit -> place
-                units, dim = block.by_unit(old, transposed)
-                new = units.index_select(dim, where[other]).view(old.shape)
+                self.applied[(name, i)] = other
+                units, dim = block.by_unit(rows_b[i])
+                new = units.index_select(dim, where[other[idx]])  # the units now at idx
+                diff = new - units.index_select(dim, idx)
+                a_units = block.by_unit(self.a_rows[name][i])[0].index_select(dim, idx)
+                matmul_nt(block.flat(a_units), block.flat(diff), self.threads, add_to=change)
+                units.index_copy_(dim, idx, new)
+            elif idx is None or len(idx):  # the whole block changed
+                old = rows_b[i]
+                new = self._updated_rows(name, i, old)
+                # B's old rows of a block with units are a gather of ours: written over
+                diff = torch.sub(new, old, out=old) if block.shape4 else new - old
+                rows_b[i] = new
+                self.whole_block_updates += 1
+                matmul_nt(block.rows(self.a_rows[name][i]), block.rows(diff), self.threads,
+                          add_to=change)
             else:
-                self.b_rows[name][i] = None  # released before its replacement is made
-                new = block.store(self.b[block.key], size, self.perm, transposed)
-            self.b_rows[name][i] = new
-            if block.shape4 is not None:
                 self.applied[(name, i)] = self.perm[block.others[0][0]]
-
-    def _update(self, name: str, moved: dict[int, torch.Tensor]) -> None:
-        """Reorder the moved units' slabs of B's blocks and add their change to the cached
-        similarity: ``A_slabs.T @ (B_new - B_old)_slabs``."""
-        a_parts, d_parts = [], []  # (k, n) each
-        n = self.spec.groups[name].size
-        for i, idx in moved.items():
-            block = self.blocks[name][i]
-            other = self.perm[block.others[0][0]]
-            where = torch.argsort(self.applied[(name, i)])  # original unit -> place, before
-            self.applied[(name, i)] = other
-            if len(idx) == 0:
-                continue
-            if not self.transposed[name][i]:  # first update by units: transpose the block
-                self.transposed[name][i] = True
-                self.a_rows[name][i] = self.a_rows[name][i].T.contiguous()
-                self.b_rows[name][i] = self.b_rows[name][i].T.contiguous()
-            b_slabs = block.by_unit(self.b_rows[name][i], True)[0]  # (pre, units, post, n)
-            new = b_slabs.index_select(1, where[other[idx]])  # the units now at idx
-            d_parts.append((new - b_slabs.index_select(1, idx)).reshape(-1, n))
-            a_parts.append(block.by_unit(self.a_rows[name][i], True)[0].index_select(1, idx)
-                           .reshape(-1, n))
-            b_slabs.index_copy_(1, idx, new)
         self.updates += 1
-        if a_parts:
-            a, d = torch.cat(a_parts), torch.cat(d_parts)  # (k, n) each
-            self.sim[name] += matmul_nt(a.T, d.T, self.threads)  # float32 into float64
+        self.sim[name] += change  # float32 into float64
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
@@ -332,10 +372,8 @@ class _Matcher:
         if self.sim[name] is None:
             size = self.spec.groups[name].size
             sim = torch.zeros(size, size, device=self.b_device)  # (n, n), float32 sums
-            for a, b, transposed in zip(self.a_rows[name], self.b_rows[name],
-                                        self.transposed[name]):
-                sim += matmul_nt(_Block.rows(a, transposed), _Block.rows(b, transposed),
-                                 self.threads)  # (n, d) each
+            for block, a, b in zip(self.blocks[name], self.a_rows[name], self.b_rows[name]):
+                matmul_nt(block.rows(a), block.rows(b), self.threads, add_to=sim)  # (n, d)
             self.sim[name] = sim.double()
         out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
