@@ -5,16 +5,18 @@ many small products and gathers of matching that costs more than it gains, and o
 it is ruinous: the threads of one op wait for each other (spinning) while another process holds
 a core. So library loops run on one intra-op thread (:func:`torch_threads`), and only large
 products are cut into fixed blocks of rows that a few Python threads take in turn
-(:func:`matmul_nt`). The blocks depend on the shapes alone, so the result is the same bits
-whatever the thread count or the machine's load, and a thread held up by a busy core delays
-only the block it holds: the others take the rest.
+(:func:`matmul_nt`), as are independent large copies (:func:`in_turn`). The blocks depend on
+the shapes alone, so the result is the same bits whatever the thread count or the machine's
+load, and a thread held up by a busy core delays only the block it holds: the others take the
+rest.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -47,38 +49,48 @@ def threads_for(flops: float, available: int) -> int:
     return available if flops >= PARALLEL_FLOPS else 1
 
 
-def matmul_nt(a: torch.Tensor, b: torch.Tensor, threads: int,
-              add_to: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b.T`` for ``a`` (n, k) and ``b`` (m, k), or with ``add_to`` (n, m) that sum added
-    into it in place (fused, no temporary; returned); large CPU products in blocks of
-    :data:`BLOCK_ROWS` rows of ``a`` shared by up to ``threads`` threads (call it under
-    ``torch_threads(1)``)."""
-    n = a.shape[0]
-    if a.device.type != "cpu" or 2.0 * n * b.shape[0] * a.shape[1] < PARALLEL_FLOPS:
-        return a @ b.T if add_to is None else add_to.addmm_(a, b.T)
-    out = (torch.empty(n, b.shape[0], dtype=torch.result_type(a, b)) if add_to is None
-           else add_to)
-    starts = iter(range(0, n, BLOCK_ROWS))
+def in_turn(jobs: Sequence[Callable[[], Any]], threads: int) -> list[Any]:
+    """The results of ``jobs``, in order; up to ``threads`` threads (the caller's included)
+    take them in turn, so a thread held up by a busy core delays only the job it holds. Each
+    job's torch ops run on one intra-op thread (call it under ``torch_threads(1)``)."""
+    results: list[Any] = [None] * len(jobs)
+    queue = iter(range(len(jobs)))
     lock = threading.Lock()
 
     def work() -> None:
         while True:
             with lock:
-                start = next(starts, None)
-            if start is None:
+                index = next(queue, None)
+            if index is None:
                 return
-            rows = slice(start, min(start + BLOCK_ROWS, n))
-            if add_to is None:
-                torch.mm(a[rows], b.T, out=out[rows])
-            else:
-                out[rows].addmm_(a[rows], b.T)
-    helpers = min(threads, -(-n // BLOCK_ROWS)) - 1
+            results[index] = jobs[index]()
+    helpers = min(threads, len(jobs)) - 1
     global _pool
     if helpers > 0 and (_pool is None or _pool._max_workers < helpers):
         _pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="permalign",
                                    initializer=torch.set_num_threads, initargs=(1,))
     futures = [_pool.submit(work) for _ in range(helpers)] if helpers > 0 else []
     work()
-    for f in futures:
-        f.result()
+    for future in futures:
+        future.result()
+    return results
+
+
+def matmul_nt(a: torch.Tensor, b: torch.Tensor, threads: int,
+              add_to: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T`` for ``a`` (n, k) and ``b`` (m, k), or with ``add_to`` (n, m) that sum added
+    into it in place (fused, no temporary; returned); large CPU products in blocks of
+    :data:`BLOCK_ROWS` rows of ``a`` shared by up to ``threads`` threads (:func:`in_turn`)."""
+    n = a.shape[0]
+    if a.device.type != "cpu" or 2.0 * n * b.shape[0] * a.shape[1] < PARALLEL_FLOPS:
+        return a @ b.T if add_to is None else add_to.addmm_(a, b.T)
+    out = (torch.empty(n, b.shape[0], dtype=torch.result_type(a, b)) if add_to is None
+           else add_to)
+
+    def block(rows: slice) -> Callable[[], Any]:
+        if add_to is None:
+            return lambda: torch.mm(a[rows], b.T, out=out[rows])
+        return lambda: out[rows].addmm_(a[rows], b.T)
+    in_turn([block(slice(start, min(start + BLOCK_ROWS, n)))
+             for start in range(0, n, BLOCK_ROWS)], threads)
     return out

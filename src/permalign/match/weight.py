@@ -37,6 +37,7 @@ by rows over a few Python threads, which gives the same bits (see :mod:`permalig
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from ..permutation import (identity_permutation, on_slice, permute_tensor,
                            random_permutation, selected, unit_view)
 from ..spec import Member, Permutation, PermutationSpec
 from ..statedict import float_state, permuted_view
-from ..threads import matmul_nt, torch_threads
+from ..threads import in_turn, matmul_nt, torch_threads
 from .base import MatchResult, Option, default_similarity_key, register, solver_option
 from .init import run_from_starts
 
@@ -108,6 +109,10 @@ def _on_slice(member: Member, others: Others) -> Others:
 # similarity is recomputed from scratch when that costs no more than the updates together.
 COLUMN_COST = 2.0
 BLOCK_COST = 1.4
+# Updates by at most this many columns in all are multiplied in float64 straight into the
+# cached similarity; larger ones in float32 into a change added to it after (that addition
+# alone costs as much as a float64 product of ~100 columns at n = 512, bench/update_costs.py).
+DIRECT_COLUMNS = 96
 
 
 @dataclass(frozen=True)
@@ -258,17 +263,16 @@ class _Matcher:
                 for q in {q for q, _ in others}:
                     self.dependents[q].append((n, len(blocks) - 1))
             self.blocks[n] = blocks
-            if not bounded:
-                self.a_rows[n] = [b.store(a[b.key], g.size, None) for b in blocks]
-                self.b_rows[n] = [None] * len(blocks)
             self.sim[n] = None
-            self.stale[n] = set(range(len(blocks)))
+            self.stale[n] = set()  # (the bounded mode reads every block at every solve)
             self.current[n] = False
+        self.carried = spec.carried()
+        if not bounded:
+            self._store_all(a)
         # sum <A, pi(B)> is linear in each group's permutation unless a group acts twice on
         # one tensor; then accepted gains add up to the objective and no full pass is needed
         self.linear = all(len({n for n, _ in e}) == len(e) for e in by_key.values())
         self.a = a
-        self.carried = spec.carried()
         self.value = self.full_objective()
         self.assigners: dict[str, Callable[[np.ndarray], np.ndarray]] = {}  # per group
         self.solves = 0
@@ -276,6 +280,31 @@ class _Matcher:
         self.whole_block_updates = 0  # blocks among those updated by their whole change
         self.time_similarity = 0.0
         self.time_solver = 0.0
+
+    def _store_all(self, a: Mapping[str, torch.Tensor]) -> None:
+        """Every block's rows of A (unpermuted) and of B (under the starting permutations),
+        the largest first, copied by up to ``threads`` threads in turn (none for a carrier
+        group: its step reads the tensors, :meth:`solve_carrier`)."""
+        jobs, places = [], []
+        for name, blocks in self.blocks.items():
+            if name in self.carried:
+                continue
+            size = self.spec.groups[name].size
+            for i, block in enumerate(blocks):
+                for state, perm in ((a, None), (self.b, self.perm)):
+                    jobs.append(functools.partial(block.store, state[block.key], size, perm))
+                    places.append((state is a, name, i, block.width * size))
+        order = sorted(range(len(jobs)), key=lambda j: -places[j][3])
+        stored = in_turn([jobs[j] for j in order], self.threads)
+        for name, blocks in self.blocks.items():
+            self.a_rows[name] = [None] * len(blocks)
+            self.b_rows[name] = [None] * len(blocks)
+            for i, block in enumerate(blocks):
+                if block.shape4 is not None:
+                    self.applied[(name, i)] = self.perm[block.others[0][0]]
+        for j, rows in zip(order, stored):
+            of_a, name, i, _ = places[j]
+            (self.a_rows if of_a else self.b_rows)[name][i] = rows
 
     def refresh(self, name: str) -> None:
         """Bring group ``name``'s stale blocks up to date, and its cached similarity by their
@@ -334,7 +363,10 @@ class _Matcher:
         ``A_rows @ (B_new - B_old).T``. The changes are summed in float32 (as a similarity
         from scratch), then added to the float64 cache."""
         blocks, rows_b = self.blocks[name], self.b_rows[name]
-        change = torch.zeros_like(self.sim[name], dtype=torch.float32)  # (n, n)
+        columns = [self._by_columns(blocks[i], idx) for i, idx in moved.items()]
+        direct = all(columns) and sum(columns) <= DIRECT_COLUMNS
+        change = self.sim[name] if direct else torch.zeros_like(self.sim[name],
+                                                                dtype=torch.float32)  # (n, n)
         for i, idx in moved.items():
             block = blocks[i]
             if self._by_columns(block, idx):
@@ -343,9 +375,11 @@ class _Matcher:
                 self.applied[(name, i)] = other
                 units, dim = block.by_unit(rows_b[i])
                 new = units.index_select(dim, where[other[idx]])  # the units now at idx
-                diff = new - units.index_select(dim, idx)
-                a_units = block.by_unit(self.a_rows[name][i])[0].index_select(dim, idx)
-                matmul_nt(block.flat(a_units), block.flat(diff), self.threads, add_to=change)
+                diff = block.flat(new - units.index_select(dim, idx))
+                a_units = block.flat(block.by_unit(self.a_rows[name][i])[0].index_select(dim, idx))
+                if direct:
+                    a_units, diff = a_units.double(), diff.double()
+                matmul_nt(a_units, diff, self.threads, add_to=change)
                 units.index_copy_(dim, idx, new)
             elif idx is None or len(idx):  # the whole block changed
                 old = rows_b[i]
@@ -359,7 +393,8 @@ class _Matcher:
             else:
                 self.applied[(name, i)] = self.perm[block.others[0][0]]
         self.updates += 1
-        self.sim[name] += change  # float32 into float64
+        if not direct:
+            self.sim[name] += change  # float32 into float64
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
@@ -488,8 +523,11 @@ class _Matcher:
             permuted = self.b  # the identity (Algorithm 1's start) moves nothing: no copies
         else:
             permuted = permuted_view(self.spec.restricted(set(self.b)), self.perm, self.b)
-        return float(sum(float(torch.dot(self.a[k].reshape(-1), permuted[k].reshape(-1)))
-                         for k in self.b))
+        def dot(key: str) -> float:
+            return float(torch.dot(self.a[key].reshape(-1), permuted[key].reshape(-1)))
+        # (lazily read tensors are read by one thread)
+        return float(sum(in_turn([functools.partial(dot, k) for k in self.b],
+                                 1 if self.bounded else self.threads)))
 
 
 def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
