@@ -325,11 +325,7 @@ class _Matcher:
         if (not self.incremental or self.sim[name] is None
                 or work >= sum(b.width for b in blocks)):
             self.sim[name] = None
-            for i in stale:
-                old = self.b_rows[name][i]
-                if blocks[i].shape4 is None:  # rebuilt: released before its replacement
-                    old = self.b_rows[name][i] = None
-                self.b_rows[name][i] = self._updated_rows(name, i, old)
+            in_turn([functools.partial(self._renew, name, i) for i in stale], self.threads)
             return
         self._update(name, moved)
 
@@ -340,6 +336,14 @@ class _Matcher:
             return 0
         columns = len(units) * block.shape4[0] * block.shape4[2]
         return columns if COLUMN_COST * columns <= BLOCK_COST * block.width else 0
+
+    def _renew(self, name: str, i: int) -> None:
+        """Replace block ``i`` of group ``name``'s rows of B by :meth:`_updated_rows` (a block
+        rebuilt from B's tensor releases its old rows first)."""
+        old = self.b_rows[name][i]
+        if self.blocks[name][i].shape4 is None:
+            old = self.b_rows[name][i] = None
+        self.b_rows[name][i] = self._updated_rows(name, i, old)
 
     def _updated_rows(self, name: str, i: int, old: torch.Tensor | None) -> torch.Tensor:
         """Block ``i`` of group ``name`` as B's rows under the current permutations: ``old``
@@ -362,39 +366,53 @@ class _Matcher:
         (and B's rows reordered there); for the others, the whole block's
         ``A_rows @ (B_new - B_old).T``. The changes are summed in float32 (as a similarity
         from scratch), then added to the float64 cache."""
-        blocks, rows_b = self.blocks[name], self.b_rows[name]
-        columns = [self._by_columns(blocks[i], idx) for i, idx in moved.items()]
-        direct = all(columns) and sum(columns) <= DIRECT_COLUMNS
+        blocks = self.blocks[name]
+        columns = {i: self._by_columns(blocks[i], idx) for i, idx in moved.items()}
+        direct = all(columns.values()) and sum(columns.values()) <= DIRECT_COLUMNS
+        for i, idx in moved.items():
+            if idx is not None and not len(idx):  # its units are where they were
+                self.applied[(name, i)] = self.perm[blocks[i].others[0][0]]
+        changed = [i for i, idx in moved.items() if idx is None or len(idx)]
+        self.whole_block_updates += sum(not columns[i] for i in changed)
         change = self.sim[name] if direct else torch.zeros_like(self.sim[name],
                                                                 dtype=torch.float32)  # (n, n)
-        for i, idx in moved.items():
-            block = blocks[i]
-            if self._by_columns(block, idx):
-                other = self.perm[block.others[0][0]]
-                where = torch.argsort(self.applied[(name, i)])  # original unit -> place
-                self.applied[(name, i)] = other
-                units, dim = block.by_unit(rows_b[i])
-                new = units.index_select(dim, where[other[idx]])  # the units now at idx
-                diff = block.flat(new - units.index_select(dim, idx))
-                a_units = block.flat(block.by_unit(self.a_rows[name][i])[0].index_select(dim, idx))
+        step = max(1, self.threads)
+        for start in range(0, len(changed), step):  # (a whole block's difference is held
+            # until its product: a few at a time)
+            # the blocks' copies by the threads in turn, then the products (each threaded)
+            factors = in_turn([functools.partial(self._change_of, name, i, moved[i],
+                                                 columns[i] > 0)
+                               for i in changed[start:start + step]], self.threads)
+            for a, diff in factors:  # (n, c) each
                 if direct:
-                    a_units, diff = a_units.double(), diff.double()
-                matmul_nt(a_units, diff, self.threads, add_to=change)
-                units.index_copy_(dim, idx, new)
-            elif idx is None or len(idx):  # the whole block changed
-                old = rows_b[i]
-                new = self._updated_rows(name, i, old)
-                # B's old rows of a block with units are a gather of ours: written over
-                diff = torch.sub(new, old, out=old) if block.shape4 else new - old
-                rows_b[i] = new
-                self.whole_block_updates += 1
-                matmul_nt(block.rows(self.a_rows[name][i]), block.rows(diff), self.threads,
-                          add_to=change)
-            else:
-                self.applied[(name, i)] = self.perm[block.others[0][0]]
+                    a, diff = a.double(), diff.double()
+                matmul_nt(a, diff, self.threads, add_to=change)
+            del factors
         self.updates += 1
         if not direct:
             self.sim[name] += change  # float32 into float64
+
+    def _change_of(self, name: str, i: int, units: torch.Tensor | None, by_columns: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bring block ``i`` of group ``name`` up to date (the other group moved ``units``;
+        None: rebuilt) and return ``(A's rows, B_new - B_old)``, ``(n, c)`` each, over the
+        moved units' columns or over the whole block."""
+        block, rows_b = self.blocks[name][i], self.b_rows[name]
+        if by_columns:
+            other = self.perm[block.others[0][0]]
+            where = torch.argsort(self.applied[(name, i)])  # original unit -> place
+            self.applied[(name, i)] = other
+            stored, dim = block.by_unit(rows_b[i])
+            new = stored.index_select(dim, where[other[units]])  # the units now at `units`
+            diff = block.flat(new - stored.index_select(dim, units))
+            stored.index_copy_(dim, units, new)
+            return block.flat(block.by_unit(self.a_rows[name][i])[0].index_select(dim, units)), diff
+        old = rows_b[i]
+        new = self._updated_rows(name, i, old)
+        # B's old rows of a block with units are a gather of ours: written over
+        diff = torch.sub(new, old, out=old) if block.shape4 else new - old
+        rows_b[i] = new
+        return block.rows(self.a_rows[name][i]), block.rows(diff)
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
