@@ -54,7 +54,7 @@ from ..permutation import (identity_permutation, on_slice, permute_tensor,
                            random_permutation, selected, unit_view)
 from ..spec import Member, Permutation, PermutationSpec
 from ..statedict import float_state, permuted_view
-from ..threads import in_turn, matmul_nt, torch_threads
+from ..threads import in_turn, matmul_nt, threads_for_copies, torch_threads
 from .base import MatchResult, Option, default_similarity_key, register, solver_option
 from .init import run_from_starts
 
@@ -325,7 +325,10 @@ class _Matcher:
         if (not self.incremental or self.sim[name] is None
                 or work >= sum(b.width for b in blocks)):
             self.sim[name] = None
-            in_turn([functools.partial(self._renew, name, i) for i in stale], self.threads)
+            size = self.spec.groups[name].size
+            in_turn([functools.partial(self._renew, name, i) for i in stale],
+                    threads_for_copies(size * sum(blocks[i].width for i in stale),
+                                       self.threads))
             return
         self._update(name, moved)
 
@@ -376,13 +379,15 @@ class _Matcher:
         self.whole_block_updates += sum(not columns[i] for i in changed)
         change = self.sim[name] if direct else torch.zeros_like(self.sim[name],
                                                                 dtype=torch.float32)  # (n, n)
-        step = max(1, self.threads)
-        for start in range(0, len(changed), step):  # (a whole block's difference is held
+        size = self.spec.groups[name].size
+        copies = size * sum(columns[i] or blocks[i].width for i in changed)
+        threads = threads_for_copies(copies, self.threads)
+        for start in range(0, len(changed), threads):  # (a whole block's difference is held
             # until its product: a few at a time)
             # the blocks' copies by the threads in turn, then the products (each threaded)
             factors = in_turn([functools.partial(self._change_of, name, i, moved[i],
                                                  columns[i] > 0)
-                               for i in changed[start:start + step]], self.threads)
+                               for i in changed[start:start + threads]], threads)
             for a, diff in factors:  # (n, c) each
                 if direct:
                     a, diff = a.double(), diff.double()
@@ -543,9 +548,9 @@ class _Matcher:
             permuted = permuted_view(self.spec.restricted(set(self.b)), self.perm, self.b)
         def dot(key: str) -> float:
             return float(torch.dot(self.a[key].reshape(-1), permuted[key].reshape(-1)))
-        # (lazily read tensors are read by one thread)
-        return float(sum(in_turn([functools.partial(dot, k) for k in self.b],
-                                 1 if self.bounded else self.threads)))
+        threads = 1 if self.bounded else threads_for_copies(  # (lazily read tensors: one)
+            sum(t.numel() for t in self.b.values()), self.threads)
+        return float(sum(in_turn([functools.partial(dot, k) for k in self.b], threads)))
 
 
 def weight_matching(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor],
