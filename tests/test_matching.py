@@ -228,6 +228,12 @@ def test_auto_solver_picks_by_size(monkeypatch):
     assert lap.choose(64) == "scipy" and lap.choose(lap.LAPJV_FROM) == "lap"
     assert lap.choose(64, warm=True) == "scipy" and lap.choose(lap.JV_FROM, warm=True) == "jv"
     assert lap.choose(lap.LAPJV_FROM, warm=True) == "lap"
+    # a run that pays numba's one-off cost for a large group also warm-starts mid-sized ones
+    mid = lap.JV_BESIDE_LARGER_FROM
+    assert lap.choose(mid, warm=True, largest=lap.JV_FROM) == "jv"
+    assert lap.choose(mid - 1, warm=True, largest=lap.JV_FROM) == "scipy"
+    assert lap.choose(mid, warm=True, largest=lap.JV_FROM - 1) == "scipy"
+    assert lap.choose(mid, warm=False, largest=lap.JV_FROM) == "scipy"
     monkeypatch.setattr(lap, "has_lapjv", lambda: False)
     assert lap.choose(10 ** 5) == "scipy" and lap.choose(10 ** 5, warm=True) == "scipy"
     sim = np.random.default_rng(0).standard_normal((30, 30))

@@ -8,8 +8,9 @@ optional ``lap`` or ``lapx`` package above it when one is installed (SciPy other
 
 ``assigner(solver)`` gives a solver for the successive similarities of one group (weight
 matching's coordinate descent): with ``auto``, from :data:`JV_FROM` to :data:`LAPJV_FROM` units
-and the optional ``numba`` package installed, that is ``jv``, warm-started from the group's
-previous solve (:mod:`permalign.warm_assignment`): SciPy's optimum in less time.
+(from :data:`JV_BESIDE_LARGER_FROM` in a run that has such a group) and the optional ``numba``
+package installed, that is ``jv``, warm-started from the group's previous solve
+(:mod:`permalign.warm_assignment`): SciPy's optimum in less time.
 """
 from __future__ import annotations
 
@@ -64,14 +65,20 @@ def has_lapjv() -> bool:
 # compiled kernels: below 512 units that takes hundreds to thousands of solves to repay, at
 # 512 about 150 (one run of weight matching on the MLP 3x512 makes 40-50).
 JV_FROM = 512
+# Once a run pays that one-off cost for a group of JV_FROM units, its groups from this size on
+# take jv too: on ResNet-20 x8 and VGG-16 runs the 256-unit groups' solves took 0.55-0.65x
+# SciPy's time (bench/warm_assignment.py), the 128-unit ones about the same as SciPy's.
+JV_BESIDE_LARGER_FROM = 256
 
 
-def choose(size: int, warm: bool = False) -> str:
+def choose(size: int, warm: bool = False, largest: int = 0) -> str:
     """The solver ``auto`` uses for an ``(size, size)`` matrix; ``warm``: one of a sequence of
-    similarities of one group (:func:`assigner`)."""
+    similarities of one group (:func:`assigner`), in a run whose largest such group has
+    ``largest`` units."""
     if size >= LAPJV_FROM:
         return "lap" if has_lapjv() else "scipy"
-    return "jv" if warm and size >= JV_FROM and has_numba() else "scipy"
+    smallest = JV_BESIDE_LARGER_FROM if JV_FROM <= largest < LAPJV_FROM else JV_FROM
+    return "jv" if warm and size >= smallest and has_numba() else "scipy"
 
 
 def _checked(similarity: np.ndarray, solver: str) -> np.ndarray:
@@ -95,14 +102,17 @@ def solve(similarity: np.ndarray, solver: str = "scipy") -> np.ndarray:
     return SOLVERS[solver](similarity)
 
 
-def assigner(solver: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
+def assigner(solver: str = "auto", largest: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A solver for successive similarities of one group, ``similarity -> perm`` as
-    :func:`solve`; ``jv`` (``auto``'s choice from :data:`JV_FROM` to :data:`LAPJV_FROM` units
-    when numba is installed) starts each solve from the previous one's duals and assignment."""
+    :func:`solve`, in a run whose largest group has ``largest`` units; ``jv`` (``auto``'s
+    choice from :data:`JV_FROM` to :data:`LAPJV_FROM` units when numba is installed, and from
+    :data:`JV_BESIDE_LARGER_FROM` in a run with such a group) starts each solve from the
+    previous one's duals and assignment."""
     warm: dict[int, WarmAssignment] = {}  # by size: ``auto`` may choose per size
 
     def assign(similarity: np.ndarray) -> np.ndarray:
-        name = choose(len(similarity), warm=True) if solver == "auto" else solver
+        name = (choose(len(similarity), warm=True, largest=largest) if solver == "auto"
+                else solver)
         if name != "jv":
             return SOLVERS[name](_checked(similarity, name))
         return warm.setdefault(len(similarity), WarmAssignment())(similarity)  # checks it

@@ -521,7 +521,8 @@ class _Matcher:
             result = lap.solve(sim, self.solver)
         else:
             if group not in self.assigners:
-                self.assigners[group] = lap.assigner(self.solver)
+                largest = max(g.size for g in self.spec.groups.values())
+                self.assigners[group] = lap.assigner(self.solver, largest)
             result = self.assigners[group](sim)
         self.time_solver += time.perf_counter() - start
         self.solves += 1
