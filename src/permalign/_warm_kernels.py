@@ -2,7 +2,8 @@
 
 All maximise ``sim`` (n, n), that is minimise the cost ``-sim`` (read as such, no copy), with
 row duals ``u`` (n,), column duals ``v`` (n,) of that cost, and the assignment as ``col4row`` /
-``row4col`` (-1: unassigned), updated in place.
+``row4col`` (-1: unassigned), updated in place. They release the GIL (weight matching brings the
+next group's similarity up to date on another thread meanwhile).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def keep_tight(sim, u, v, col4row, row4col):  # pragma: no cover - compiled
     """Keep each row whose assigned column still has its lowest reduced cost (setting its
     ``u``); free the others and their columns. Returns the free rows."""
@@ -35,7 +36,7 @@ def keep_tight(sim, u, v, col4row, row4col):  # pragma: no cover - compiled
     return free[:count]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def bid(sim, v, col4row, row4col, free, budget):  # pragma: no cover - compiled
     """One pass of augmenting row reduction over the ``free`` rows, at most ``budget`` bids;
     returns the rows still free (displaced owners that met a tie, and those not reached)."""
@@ -79,7 +80,7 @@ def bid(sim, v, col4row, row4col, free, budget):  # pragma: no cover - compiled
     return free[:kept]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _shortest_path(sim, u, v, row4col, start, costs, path, seen_rows, seen_cols
                    ):  # pragma: no cover - compiled
     """Dijkstra over columns from row ``start`` on reduced costs; returns (sink column,
@@ -118,7 +119,7 @@ def _shortest_path(sim, u, v, row4col, start, costs, path, seen_rows, seen_cols
     return sink, distance
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def augment_all(sim, u, v, col4row, row4col, free):  # pragma: no cover - compiled
     """Assign every row in ``free`` along a shortest augmenting path, updating the duals;
     False if some row has no finite path."""

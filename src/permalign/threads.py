@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,6 +55,23 @@ def threads_for_copies(elements: int, available: int) -> int:
     return available if elements >= PARALLEL_ELEMENTS else 1
 
 
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """The shared pool of helper threads (each torch op on one intra-op thread), with at
+    least ``count`` of them."""
+    global _pool
+    if _pool is None or _pool._max_workers < count:
+        _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="permalign",
+                                   initializer=torch.set_num_threads, initargs=(1,))
+    return _pool
+
+
+def beside(job: Callable[[], Any]) -> Future:
+    """Start ``job`` on a helper thread and return its future. Work the caller then shares
+    out (:func:`in_turn`, :func:`matmul_nt`) queues behind it, so that helper joins in once
+    ``job`` is done. ``job`` must not share work out itself (it would wait on itself)."""
+    return _helpers(1).submit(job)
+
+
 def in_turn(jobs: Sequence[Callable[[], Any]], threads: int) -> list[Any]:
     """The results of ``jobs``, in order; up to ``threads`` threads (the caller's included)
     take them in turn, so a thread held up by a busy core delays only the job it holds. Each
@@ -71,11 +88,7 @@ def in_turn(jobs: Sequence[Callable[[], Any]], threads: int) -> list[Any]:
                 return
             results[index] = jobs[index]()
     helpers = min(threads, len(jobs)) - 1
-    global _pool
-    if helpers > 0 and (_pool is None or _pool._max_workers < helpers):
-        _pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="permalign",
-                                   initializer=torch.set_num_threads, initargs=(1,))
-    futures = [_pool.submit(work) for _ in range(helpers)] if helpers > 0 else []
+    futures = [_helpers(helpers).submit(work) for _ in range(helpers)] if helpers > 0 else []
     work()
     for future in futures:
         future.result()

@@ -54,7 +54,7 @@ from ..permutation import (identity_permutation, on_slice, permute_tensor,
                            random_permutation, selected, unit_view)
 from ..spec import Member, Permutation, PermutationSpec
 from ..statedict import float_state, permuted_view
-from ..threads import in_turn, matmul_nt, threads_for_copies, torch_threads
+from ..threads import beside, in_turn, matmul_nt, threads_for_copies, torch_threads
 from .base import MatchResult, Option, default_similarity_key, register, solver_option
 from .init import run_from_starts
 
@@ -267,6 +267,8 @@ class _Matcher:
             self.stale[n] = set()  # (the bounded mode reads every block at every solve)
             self.current[n] = False
         self.carried = spec.carried()
+        # per group, the groups holding a block that it acts on (its similarity's inputs)
+        self.neighbours = {p: {q for q, _ in users} for p, users in self.dependents.items()}
         if not bounded:
             self._store_all(a)
         # sum <A, pi(B)> is linear in each group's permutation unless a group acts twice on
@@ -421,11 +423,18 @@ class _Matcher:
 
     def similarity(self, name: str) -> np.ndarray:
         """``S[i, j]`` = similarity of A's unit i and B's unit j in group ``name``, (n, n)."""
-        start = time.perf_counter()
         if self.bounded:
+            start = time.perf_counter()
             out = self._summed_similarity(name).cpu().numpy()
             self.time_similarity += time.perf_counter() - start
             return out
+        self.prepare(name)
+        return self.sim[name].cpu().numpy()
+
+    def prepare(self, name: str) -> None:
+        """Bring group ``name``'s cached similarity up to date (:meth:`refresh`, or from
+        scratch)."""
+        start = time.perf_counter()
         self.refresh(name)
         if self.sim[name] is None:
             size = self.spec.groups[name].size
@@ -433,9 +442,24 @@ class _Matcher:
             for block, a, b in zip(self.blocks[name], self.a_rows[name], self.b_rows[name]):
                 matmul_nt(block.rows(a), block.rows(b), self.threads, add_to=sim)  # (n, d)
             self.sim[name] = sim.double()
-        out = self.sim[name].cpu().numpy()
         self.time_similarity += time.perf_counter() - start
-        return out
+
+    def assign_beside(self, sim: np.ndarray, group: str, upcoming: str | None) -> np.ndarray:
+        """:meth:`assign` for ``group``, while the main thread brings group ``upcoming``'s
+        similarity up to date (:meth:`prepare`; a helper thread solves, and joins the
+        preparation's shared-out work once done) when that does not depend on ``group``'s
+        answer: ``upcoming`` holds no tensor that ``group`` acts on. The same operations as
+        one after the other, so the same result."""
+        if (upcoming is None or self.bounded or self.threads < 2 or upcoming in self.carried
+                or (self.sim[upcoming] is not None and not self.stale[upcoming])
+                or upcoming in self.neighbours[group]):
+            return self.assign(sim, group)
+        solving = beside(functools.partial(self.assign, sim, group))
+        try:
+            self.prepare(upcoming)
+        finally:
+            answer = solving.result()
+        return answer
 
     def _summed_similarity(self, name: str) -> torch.Tensor:
         """``sum over members of A_rows @ permuted(B_rows).T`` in float64, (n, n); each
@@ -637,12 +661,15 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
         matcher = _Matcher(spec, state_a, state_b, perm,
                            similarity_keys or default_similarity_key, device, solver, threads,
                            incremental, bounded)
+        def draw() -> list[str]:  # a sweep's order of the groups
+            return [names[i] for i in torch.randperm(len(names), generator=generator).tolist()]
+        order = draw()
         for sweep in range(max_iter):
             improved = False
             bar.reset(total=len(names))
             bar.set_description(f"weight matching sweep {sweep + 1}")
-            for idx in torch.randperm(len(names), generator=generator).tolist():
-                name = names[idx]
+            coming = draw() if sweep + 1 < max_iter else []  # (the same orders, drawn ahead)
+            for place, name in enumerate(order):
                 bar.update(1)
                 if skip_unchanged and matcher.current[name]:
                     skipped += 1  # same similarity as at its last solve: same answer
@@ -653,7 +680,9 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                     continue
                 sim = matcher.similarity(name)
                 old = matcher.perm[name].cpu().numpy()
-                new = matcher.assign(sim, name)
+                following = order[place + 1:] + coming[:1]  # solved next, unless skipped
+                upcoming = following[0] if following else None
+                new = matcher.assign_beside(sim, name, upcoming)
                 matcher.current[name] = True
                 rows = np.arange(len(new))
                 old_value, new_value = sim[rows, old].sum(), sim[rows, new].sum()
@@ -665,6 +694,7 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
             if not improved:
                 converged = True
                 break
+            order = coming
     if not all(np.isfinite(history)):
         raise SpecError("weight matching produced a non-finite objective; check the weights")
     total = time.perf_counter() - start
