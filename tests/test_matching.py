@@ -281,7 +281,8 @@ def test_incremental_similarity_changes_nothing(trained, name):
 
 
 def test_result_does_not_depend_on_the_thread_count():
-    """Large products are split by rows over Python threads: the same bits as one thread."""
+    """Large products are split by rows over Python threads, and a helper solves a group's
+    assignment while the next group's similarity is updated: the same bits as one thread."""
     from permalign import threads
     model, spec, a = random_model("vgg11:width=0.5,norm=ln", seed=0)
     _, _, b = random_model("vgg11:width=0.5,norm=ln", seed=1)
@@ -297,6 +298,8 @@ def test_result_does_not_depend_on_the_thread_count():
         threads.PARALLEL_FLOPS = old
         torch.set_num_threads(before)
     assert same_perm(one.perm, three.perm) and one.history == three.history
+    # with helpers, solves ran beside the next group's similarity update: same search
+    assert three.info["solves_beside_updates"] > 0 == one.info["solves_beside_updates"]
 
 
 @pytest.mark.parametrize("name", ["mlp:depth=3,width=32", "resnet20:width=1,norm=ln",

@@ -102,16 +102,17 @@ def _on_slice(member: Member, others: Others) -> Others:
 
 
 # What updating a cached similarity costs per column of a stale block, in columns of the
-# product from scratch (bench/update_costs.py, conv 512 x 512 x 3 x 3 and linear 512 x 512
-# blocks in both layouts): by the moved units' columns (three gathers, a difference, a copy back
-# and the product over them) about 2; by the whole block's change (B's rows reordered, their
-# difference, the product over the block) about 1.4. A block takes the cheaper way, and the
-# similarity is recomputed from scratch when that costs no more than the updates together.
-COLUMN_COST = 2.0
+# product from scratch (bench/update_costs.py, results/update_costs.md: conv 512 x 512 x 3 x 3
+# and linear 512 x 512 blocks in both layouts): by the moved units' columns (three gathers, a
+# difference, a copy back and the product over them) 1.8-3.3 when 30-70% of the units moved, up
+# to 5 when few did; by the whole block's change (B's rows reordered, their difference, the
+# product over the block) 1.3-1.45. A block takes the cheaper way, and the similarity is
+# recomputed from scratch when that costs no more than the updates together.
+COLUMN_COST = 2.5
 BLOCK_COST = 1.4
 # Updates by at most this many columns in all are multiplied in float64 straight into the
-# cached similarity; larger ones in float32 into a change added to it after (that addition
-# alone costs as much as a float64 product of ~100 columns at n = 512, bench/update_costs.py).
+# cached similarity; larger ones in float32 into a change added to it after (at n = 512 the
+# straight way took 0.4-0.7x the time up to 96 columns, 0.86x at 128; bench/update_costs.py).
 DIRECT_COLUMNS = 96
 
 
@@ -280,6 +281,7 @@ class _Matcher:
         self.solves = 0
         self.updates = 0  # similarities brought up to date incrementally
         self.whole_block_updates = 0  # blocks among those updated by their whole change
+        self.solved_beside = 0  # solves run beside the next group's similarity update
         self.time_similarity = 0.0
         self.time_solver = 0.0
 
@@ -454,6 +456,7 @@ class _Matcher:
                 or (self.sim[upcoming] is not None and not self.stale[upcoming])
                 or upcoming in self.neighbours[group]):
             return self.assign(sim, group)
+        self.solved_beside += 1
         solving = beside(functools.partial(self.assign, sim, group))
         try:
             self.prepare(upcoming)
@@ -700,7 +703,8 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
     total = time.perf_counter() - start
     info = {"sweeps": len(history), "seed": seed, "solver": solver, "init": start_name,
             "memory": "bounded" if bounded else "cached",
-            "solves": matcher.solves, "skipped": skipped, "incremental_updates": matcher.updates}
+            "solves": matcher.solves, "skipped": skipped, "incremental_updates": matcher.updates,
+            "solves_beside_updates": matcher.solved_beside}
     if start_name == "identity":
         info["identity_objective"] = history[-1] if history else matcher.objective()
     return MatchResult(
