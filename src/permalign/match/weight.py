@@ -2,19 +2,22 @@
 
 For group p the similarity is ``S = sum over members (key, axis) of A_rows @ B_rows.T``, with
 model B's other axes already permuted. Each group keeps, per member (a *block*), A's rows
-``(n, d)`` (built once) and B's rows with the *other* groups' permutations applied (its own
-axis in B's original order), each a contiguous tensor of its own: S is one product per block,
-summed in float32 as Algorithm 1 written out does. A block between two groups (a weight) is
-best kept transposed, ``(d, n)`` (the transpose is a flag to the BLAS routine, not a copy): a
-unit of the other group then owns a contiguous slab of ``post * n`` floats instead of ``n``
-scattered runs of ``post`` (one float for a Linear weight), so moving a few units is a copy of
-slabs. A weight's input-axis block needs a copy either way and starts transposed; an
-output-axis block is a plain view of A's tensor (and one cheap gather of B's), so it starts
-as rows and is transposed when first updated by moved units. When a group's permutation
-changes, only the blocks of its neighbours that hold a tensor it touches are marked stale; they
-are brought up to date when that neighbour is next solved, by reordering the units the block
-holds (B's rows under the other group's new permutation are its old rows in another order:
-B's tensor is not read again).
+``(n, d)`` and B's rows with the *other* groups' permutations applied (its own axis in B's
+original order), each a contiguous tensor of its own, all built at the start by two threads in
+turn: S is one product per block, summed in float32 as Algorithm 1 written out does. A weight's
+input-axis block needs a copy either way and is kept transposed, ``(d, n)`` (the transpose is
+a flag to the BLAS routine, not a copy): a unit of the other group then owns a contiguous slab
+of ``post * n`` floats, so moving units is a copy of slabs. An output-axis block is a plain
+view of A's tensor (and one gather of B's) and stays as rows; its units are runs of ``post``
+floats. When a group's permutation changes, only the blocks of its neighbours that hold a
+tensor it touches are marked stale; they are brought up to date when that neighbour is next
+solved, by reordering the units the block holds (B's rows under the other group's new
+permutation are its old rows in another order: B's tensor is not read again), and the cached
+similarity with them, each block the cheaper way (measured, ``COLUMN_COST``): by the moved
+units' columns, ``A_cols @ (B_new - B_old)_cols.T``, or by the whole block's change; or the
+similarity is recomputed when that costs less than the updates together. While a group's
+assignment is solved (on a helper thread: the solvers release the GIL), the next group in the
+sweep is brought up to date when its similarity does not depend on the answer.
 
 A group none of whose blocks went stale since its last solve has the same similarity as then, so
 solving it again gives the same answer and no progress: it is skipped. This changes nothing in
@@ -31,8 +34,8 @@ floats, about ``4 * 4 * R * D + 12 * n**2`` bytes above the inputs' own storage,
 proportion to the model. It gives the same permutations as the cached mode (tested), and reads
 every member's tensors once per solve instead of once.
 
-Every operation runs on one torch thread; only products large enough to gain from it are split
-by rows over a few Python threads, which gives the same bits (see :mod:`permalign.threads`).
+Every operation runs on one torch thread; only products and copies large enough to gain from
+it are split over a few Python threads, which gives the same bits (see :mod:`permalign.threads`).
 """
 from __future__ import annotations
 
@@ -210,8 +213,8 @@ MEMORY_MODES = ("auto", "cached", "bounded")
 class _Matcher:
     """State of one weight-matching run: per-group row matrices, staleness, timers.
 
-    ``sim[g]`` caches group g's similarity (float64) from its last solve; stale blocks whose
-    other group moved only a few units update it by ``A_cols @ (B_new - B_old)_cols.T``.
+    ``sim[g]`` caches group g's similarity (float64) from its last solve; stale blocks update
+    it by their change (:meth:`refresh`), or it is recomputed.
     With ``bounded`` there are no row matrices and no cached similarities: ``a`` and ``b``
     are float32 views that convert a tensor when asked, and each similarity is summed member
     by member (:meth:`_summed_similarity`).
@@ -372,7 +375,8 @@ class _Matcher:
         group moved few units, ``A_cols @ (B_new - B_old)_cols.T`` over those units' columns
         (and B's rows reordered there); for the others, the whole block's
         ``A_rows @ (B_new - B_old).T``. The changes are summed in float32 (as a similarity
-        from scratch), then added to the float64 cache."""
+        from scratch), then added to the float64 cache; a few columns in all
+        (``DIRECT_COLUMNS``) are multiplied in float64 straight into it."""
         blocks = self.blocks[name]
         columns = {i: self._by_columns(blocks[i], idx) for i, idx in moved.items()}
         direct = all(columns.values()) and sum(columns.values()) <= DIRECT_COLUMNS
@@ -415,7 +419,8 @@ class _Matcher:
             new = stored.index_select(dim, where[other[units]])  # the units now at `units`
             diff = block.flat(new - stored.index_select(dim, units))
             stored.index_copy_(dim, units, new)
-            return block.flat(block.by_unit(self.a_rows[name][i])[0].index_select(dim, units)), diff
+            a_units = block.by_unit(self.a_rows[name][i])[0].index_select(dim, units)
+            return block.flat(a_units), diff
         old = rows_b[i]
         new = self._updated_rows(name, i, old)
         # B's old rows of a block with units are a gather of ours: written over
@@ -452,7 +457,8 @@ class _Matcher:
         preparation's shared-out work once done) when that does not depend on ``group``'s
         answer: ``upcoming`` holds no tensor that ``group`` acts on. The same operations as
         one after the other, so the same result."""
-        if (upcoming is None or self.bounded or self.threads < 2 or upcoming in self.carried
+        if (upcoming in (None, group) or self.bounded or self.threads < 2
+                or upcoming in self.carried
                 or (self.sim[upcoming] is not None and not self.stale[upcoming])
                 or upcoming in self.neighbours[group]):
             return self.assign(sim, group)
