@@ -230,10 +230,10 @@ def test_auto_solver_picks_by_size(monkeypatch):
     assert lap.choose(lap.LAPJV_FROM, warm=True) == "lap"
     # a run that pays numba's one-off cost for a large group also warm-starts mid-sized ones
     mid = lap.JV_BESIDE_LARGER_FROM
-    assert lap.choose(mid, warm=True, largest=lap.JV_FROM) == "jv"
-    assert lap.choose(mid - 1, warm=True, largest=lap.JV_FROM) == "scipy"
-    assert lap.choose(mid, warm=True, largest=lap.JV_FROM - 1) == "scipy"
-    assert lap.choose(mid, warm=False, largest=lap.JV_FROM) == "scipy"
+    assert lap.choose(mid, warm=True, paid=True) == "jv"
+    assert lap.choose(mid - 1, warm=True, paid=True) == "scipy"
+    assert lap.choose(mid, warm=True) == "scipy"
+    assert lap.choose(mid, warm=False, paid=True) == "scipy"
     monkeypatch.setattr(lap, "has_lapjv", lambda: False)
     assert lap.choose(10 ** 5) == "scipy" and lap.choose(10 ** 5, warm=True) == "scipy"
     sim = np.random.default_rng(0).standard_normal((30, 30))
@@ -278,6 +278,46 @@ def test_incremental_similarity_changes_nothing(trained, name):
         assert same_perm(fast.perm, full.perm)
         assert fast.history == pytest.approx(full.history, rel=1e-6)
     assert updates > 0  # the incremental path was taken
+
+
+def test_warm_start_of_mid_sized_groups_follows_the_run(monkeypatch):
+    """256-unit groups are warm-started only in a run that warm-starts a larger group."""
+    from permalign.match.weight import _Matcher, default_similarity_key
+    from permalign.permutation import identity_permutation
+    from permalign.spec import Member, PermutationSpec
+    from permalign.warm_assignment import has_numba
+    if not has_numba():
+        pytest.skip("numba not installed")
+    for widths, paid in (((256, 512), True), ((256, 256), False), ((256, 4096), False)):
+        spec = PermutationSpec()
+        shapes = {"l0.weight": (widths[0], 8), "l1.weight": (widths[1], widths[0]),
+                  "l2.weight": (3, widths[1])}
+        spec.add_group("h0", widths[0], [Member("l0.weight", 0), Member("l1.weight", 1)])
+        spec.add_group("h1", widths[1], [Member("l1.weight", 0), Member("l2.weight", 1)])
+        state = {k: torch.zeros(*v) for k, v in shapes.items()}
+        matcher = _Matcher(spec, state, state, identity_permutation(spec),
+                           default_similarity_key, None, "auto", 1)
+        assert matcher.warm_paid == paid, widths
+
+
+def test_in_turn_hands_out_no_job_after_an_error():
+    """When a job fails, in_turn raises only once no thread runs a job any more."""
+    import threading
+    import time as clock
+    from permalign.threads import in_turn
+    done = []
+
+    def job(k):
+        clock.sleep(0.005)
+        if threading.current_thread() is threading.main_thread():
+            raise ValueError("job failed")  # the caller's first job fails; helpers' do not
+        done.append(k)
+    jobs = [lambda k=k: job(k) for k in range(40)]
+    with pytest.raises(ValueError, match="job failed"):
+        in_turn(jobs, 2)
+    count = len(done)
+    clock.sleep(0.05)
+    assert len(done) == count
 
 
 def test_result_does_not_depend_on_the_thread_count():

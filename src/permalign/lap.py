@@ -71,13 +71,13 @@ JV_FROM = 512
 JV_BESIDE_LARGER_FROM = 256
 
 
-def choose(size: int, warm: bool = False, largest: int = 0) -> str:
+def choose(size: int, warm: bool = False, paid: bool = False) -> str:
     """The solver ``auto`` uses for an ``(size, size)`` matrix; ``warm``: one of a sequence of
-    similarities of one group (:func:`assigner`), in a run whose largest such group has
-    ``largest`` units."""
+    similarities of one group (:func:`assigner`); ``paid``: in a run that warm-starts another
+    group of :data:`JV_FROM` units or more (numba's one-off cost is paid anyway)."""
     if size >= LAPJV_FROM:
         return "lap" if has_lapjv() else "scipy"
-    smallest = JV_BESIDE_LARGER_FROM if JV_FROM <= largest < LAPJV_FROM else JV_FROM
+    smallest = JV_BESIDE_LARGER_FROM if paid else JV_FROM
     return "jv" if warm and size >= smallest and has_numba() else "scipy"
 
 
@@ -102,16 +102,16 @@ def solve(similarity: np.ndarray, solver: str = "scipy") -> np.ndarray:
     return SOLVERS[solver](similarity)
 
 
-def assigner(solver: str = "auto", largest: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+def assigner(solver: str = "auto", paid: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """A solver for successive similarities of one group, ``similarity -> perm`` as
-    :func:`solve`, in a run whose largest group has ``largest`` units; ``jv`` (``auto``'s
-    choice from :data:`JV_FROM` to :data:`LAPJV_FROM` units when numba is installed, and from
-    :data:`JV_BESIDE_LARGER_FROM` in a run with such a group) starts each solve from the
-    previous one's duals and assignment."""
+    :func:`solve`; ``jv`` (``auto``'s choice from :data:`JV_FROM` to :data:`LAPJV_FROM` units
+    when numba is installed, and from :data:`JV_BESIDE_LARGER_FROM` when ``paid``: the run
+    warm-starts such a group too) starts each solve from the previous one's duals and
+    assignment."""
     warm: dict[int, WarmAssignment] = {}  # by size: ``auto`` may choose per size
 
     def assign(similarity: np.ndarray) -> np.ndarray:
-        name = (choose(len(similarity), warm=True, largest=largest) if solver == "auto"
+        name = (choose(len(similarity), warm=True, paid=paid) if solver == "auto"
                 else solver)
         if name != "jv":
             return SOLVERS[name](_checked(similarity, name))

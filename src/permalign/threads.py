@@ -89,9 +89,15 @@ def in_turn(jobs: Sequence[Callable[[], Any]], threads: int) -> list[Any]:
             results[index] = jobs[index]()
     helpers = min(threads, len(jobs)) - 1
     futures = [_helpers(helpers).submit(work) for _ in range(helpers)] if helpers > 0 else []
-    work()
-    for future in futures:
-        future.result()
+    try:
+        work()
+    finally:  # on an error here, the helpers take no further job; theirs are awaited
+        if futures:
+            with lock:
+                for _ in queue:
+                    pass
+        for future in futures:
+            future.result()
     return results
 
 

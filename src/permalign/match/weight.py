@@ -43,6 +43,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,6 +274,12 @@ class _Matcher:
         self.carried = spec.carried()
         # per group, the groups holding a block that it acts on (its similarity's inputs)
         self.neighbours = {p: {q for q, _ in users} for p, users in self.dependents.items()}
+        # whether ``auto`` warm-starts some group of this run anyway (lap.choose's ``paid``)
+        self.warm_paid = solver == "auto" and any(
+            lap.choose(g.size, warm=True) == "jv" for n, g in spec.groups.items()
+            if self.blocks[n] and n not in self.carried)
+        # independent copies on helper threads: on the CPU only (a CUDA stream is per thread)
+        self.copy_threads = threads if self.b_device.type == "cpu" else 1
         if not bounded:
             self._store_all(a)
         # sum <A, pi(B)> is linear in each group's permutation unless a group acts twice on
@@ -302,7 +309,7 @@ class _Matcher:
                     jobs.append(functools.partial(block.store, state[block.key], size, perm))
                     places.append((state is a, name, i, block.width * size))
         order = sorted(range(len(jobs)), key=lambda j: -places[j][3])
-        stored = in_turn([jobs[j] for j in order], self.threads)
+        stored = in_turn([jobs[j] for j in order], self.copy_threads)
         for name, blocks in self.blocks.items():
             self.a_rows[name] = [None] * len(blocks)
             self.b_rows[name] = [None] * len(blocks)
@@ -329,13 +336,14 @@ class _Matcher:
         work = sum(0 if idx is not None and not len(idx) else
                    COLUMN_COST * self._by_columns(blocks[i], idx) or BLOCK_COST * blocks[i].width
                    for i, idx in moved.items())
-        if (not self.incremental or self.sim[name] is None
-                or work >= sum(b.width for b in blocks)):
+        if (not self.incremental or self.sim[name] is None or None in moved.values()
+                or work >= sum(b.width for b in blocks)):  # (a block rebuilt from B's tensor:
+            # recomputed, its old rows released before the new are made)
             self.sim[name] = None
             size = self.spec.groups[name].size
             in_turn([functools.partial(self._renew, name, i) for i in stale],
                     threads_for_copies(size * sum(blocks[i].width for i in stale),
-                                       self.threads))
+                                       self.copy_threads))
             return
         self._update(name, moved)
 
@@ -370,7 +378,7 @@ class _Matcher:
             self.applied[(name, i)] = self.perm[block.others[0][0]]
         return new
 
-    def _update(self, name: str, moved: dict[int, torch.Tensor | None]) -> None:
+    def _update(self, name: str, moved: dict[int, torch.Tensor]) -> None:
         """Add the stale blocks' change to the cached similarity: for a block whose other
         group moved few units, ``A_cols @ (B_new - B_old)_cols.T`` over those units' columns
         (and B's rows reordered there); for the others, the whole block's
@@ -379,17 +387,17 @@ class _Matcher:
         (``DIRECT_COLUMNS``) are multiplied in float64 straight into it."""
         blocks = self.blocks[name]
         columns = {i: self._by_columns(blocks[i], idx) for i, idx in moved.items()}
-        direct = all(columns.values()) and sum(columns.values()) <= DIRECT_COLUMNS
         for i, idx in moved.items():
-            if idx is not None and not len(idx):  # its units are where they were
+            if not len(idx):  # its units are where they were
                 self.applied[(name, i)] = self.perm[blocks[i].others[0][0]]
-        changed = [i for i, idx in moved.items() if idx is None or len(idx)]
+        changed = [i for i, idx in moved.items() if len(idx)]
+        direct = all(columns[i] for i in changed) and sum(columns.values()) <= DIRECT_COLUMNS
         self.whole_block_updates += sum(not columns[i] for i in changed)
         change = self.sim[name] if direct else torch.zeros_like(self.sim[name],
                                                                 dtype=torch.float32)  # (n, n)
         size = self.spec.groups[name].size
         copies = size * sum(columns[i] or blocks[i].width for i in changed)
-        threads = threads_for_copies(copies, self.threads)
+        threads = threads_for_copies(copies, self.copy_threads)
         for start in range(0, len(changed), threads):  # (a whole block's difference is held
             # until its product: a few at a time)
             # the blocks' copies by the threads in turn, then the products (each threaded)
@@ -405,11 +413,11 @@ class _Matcher:
         if not direct:
             self.sim[name] += change  # float32 into float64
 
-    def _change_of(self, name: str, i: int, units: torch.Tensor | None, by_columns: bool
+    def _change_of(self, name: str, i: int, units: torch.Tensor, by_columns: bool
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bring block ``i`` of group ``name`` up to date (the other group moved ``units``;
-        None: rebuilt) and return ``(A's rows, B_new - B_old)``, ``(n, c)`` each, over the
-        moved units' columns or over the whole block."""
+        """Bring block ``i`` of group ``name`` up to date (the other group moved ``units``)
+        and return ``(A's rows, B_new - B_old)``, ``(n, c)`` each, over the moved units'
+        columns or over the whole block."""
         block, rows_b = self.blocks[name][i], self.b_rows[name]
         if by_columns:
             other = self.perm[block.others[0][0]]
@@ -423,8 +431,7 @@ class _Matcher:
             return block.flat(a_units), diff
         old = rows_b[i]
         new = self._updated_rows(name, i, old)
-        # B's old rows of a block with units are a gather of ours: written over
-        diff = torch.sub(new, old, out=old) if block.shape4 else new - old
+        diff = torch.sub(new, old, out=old)  # B's old rows are a gather of ours: written over
         rows_b[i] = new
         return block.rows(self.a_rows[name][i]), block.rows(diff)
 
@@ -456,7 +463,9 @@ class _Matcher:
         similarity up to date (:meth:`prepare`; a helper thread solves, and joins the
         preparation's shared-out work once done) when that does not depend on ``group``'s
         answer: ``upcoming`` holds no tensor that ``group`` acts on. The same operations as
-        one after the other, so the same result."""
+        one after the other, so the same result. (The overlap needs a solver that releases the
+        GIL: numba's kernels here, SciPy's from 1.12, not ``lap``'s; with another, the two
+        take turns. The similarity time then includes waits for the solve.)"""
         if (upcoming in (None, group) or self.bounded or self.threads < 2
                 or upcoming in self.carried
                 or (self.sim[upcoming] is not None and not self.stale[upcoming])
@@ -466,9 +475,10 @@ class _Matcher:
         solving = beside(functools.partial(self.assign, sim, group))
         try:
             self.prepare(upcoming)
-        finally:
-            answer = solving.result()
-        return answer
+        except BaseException:
+            wait([solving])  # (the preparation's error is the one raised)
+            raise
+        return solving.result()
 
     def _summed_similarity(self, name: str) -> torch.Tensor:
         """``sum over members of A_rows @ permuted(B_rows).T`` in float64, (n, n); each
@@ -554,8 +564,7 @@ class _Matcher:
             result = lap.solve(sim, self.solver)
         else:
             if group not in self.assigners:
-                largest = max(g.size for g in self.spec.groups.values())
-                self.assigners[group] = lap.assigner(self.solver, largest)
+                self.assigners[group] = lap.assigner(self.solver, self.warm_paid)
             result = self.assigners[group](sim)
         self.time_solver += time.perf_counter() - start
         self.solves += 1
@@ -583,7 +592,7 @@ class _Matcher:
         def dot(key: str) -> float:
             return float(torch.dot(self.a[key].reshape(-1), permuted[key].reshape(-1)))
         threads = 1 if self.bounded else threads_for_copies(  # (lazily read tensors: one)
-            sum(t.numel() for t in self.b.values()), self.threads)
+            sum(t.numel() for t in self.b.values()), self.copy_threads)
         return float(sum(in_turn([functools.partial(dot, k) for k in self.b], threads)))
 
 
@@ -689,8 +698,8 @@ def _coordinate_descent(spec: PermutationSpec, state_a: Mapping[str, torch.Tenso
                     continue
                 sim = matcher.similarity(name)
                 old = matcher.perm[name].cpu().numpy()
-                following = order[place + 1:] + coming[:1]  # solved next, unless skipped
-                upcoming = following[0] if following else None
+                upcoming = (order[place + 1] if place + 1 < len(order)  # next, unless skipped
+                            else coming[0] if coming else None)
                 new = matcher.assign_beside(sim, name, upcoming)
                 matcher.current[name] = True
                 rows = np.arange(len(new))
