@@ -66,8 +66,9 @@ def has_lapjv() -> bool:
 # 512 about 150 (one run of weight matching on the MLP 3x512 makes 40-50).
 JV_FROM = 512
 # Once a run pays that one-off cost for a group of JV_FROM units, its groups from this size on
-# take jv too: on ResNet-20 x8 and VGG-16 runs the 256-unit groups' solves took 0.55-0.65x
-# SciPy's time (bench/warm_assignment.py), the 128-unit ones about the same as SciPy's.
+# take jv too: 2.1x less time per solve at 256 units in bench/results/warm_assignment.md; at
+# 128 units that bench gave 1.8x but a re-run on recorded ResNet-20 x8 and VGG-16 sequences
+# came out about even (0.1 ms a solve either way), so 256.
 JV_BESIDE_LARGER_FROM = 256
 
 
