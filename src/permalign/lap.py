@@ -8,8 +8,8 @@ optional ``lap`` or ``lapx`` package above it when one is installed (SciPy other
 
 ``assigner(solver)`` gives a solver for the successive similarities of one group (weight
 matching's coordinate descent): with ``auto``, from :data:`JV_FROM` to :data:`LAPJV_FROM` units
-(from :data:`JV_BESIDE_LARGER_FROM` in a run that has such a group) and the optional ``numba``
-package installed, that is ``jv``, warm-started from the group's previous solve
+(from :data:`JV_BESIDE_LARGER_FROM` in a run that warm-starts such a group) and the optional
+``numba`` package installed, that is ``jv``, warm-started from the group's previous solve
 (:mod:`permalign.warm_assignment`): SciPy's optimum in less time.
 """
 from __future__ import annotations
