@@ -333,11 +333,10 @@ class _Matcher:
             block = blocks[i]
             moved[i] = None if block.shape4 is None or self.b_rows[name][i] is None else (
                 self.applied[(name, i)] != self.perm[block.others[0][0]]).nonzero().flatten()
-        work = sum(0 if idx is not None and not len(idx) else
-                   COLUMN_COST * self._by_columns(blocks[i], idx) or BLOCK_COST * blocks[i].width
-                   for i, idx in moved.items())
         if (not self.incremental or self.sim[name] is None or None in moved.values()
-                or work >= sum(b.width for b in blocks)):  # (a block rebuilt from B's tensor:
+                or sum(0 if not len(idx) else COLUMN_COST * self._by_columns(blocks[i], idx)
+                       or BLOCK_COST * blocks[i].width for i, idx in moved.items())
+                >= sum(b.width for b in blocks)):  # (a block rebuilt from B's tensor:
             # recomputed, its old rows released before the new are made)
             self.sim[name] = None
             size = self.spec.groups[name].size
@@ -347,11 +346,9 @@ class _Matcher:
             return
         self._update(name, moved)
 
-    def _by_columns(self, block: _Block, units: torch.Tensor | None) -> int:
+    def _by_columns(self, block: _Block, units: torch.Tensor) -> int:
         """Columns of an update of ``block`` by the other group's moved ``units``, or 0
-        when the whole block's change is cheaper (or the block has no such units)."""
-        if units is None:
-            return 0
+        when the whole block's change is cheaper."""
         columns = len(units) * block.shape4[0] * block.shape4[2]
         return columns if COLUMN_COST * columns <= BLOCK_COST * block.width else 0
 
@@ -368,15 +365,20 @@ class _Matcher:
         reordered (B's rows under the other group's new permutation are its old rows in
         another order; B's tensor is not read again), or built afresh."""
         block = self.blocks[name][i]
-        if block.shape4 is None or old is None:
-            new = block.store(self.b[block.key], self.spec.groups[name].size, self.perm)
-        else:
-            other = self.perm[block.others[0][0]]
-            where = torch.argsort(self.applied[(name, i)])  # original unit -> place in old
-            new = block.reordered(old, where[other])
+        if block.shape4 is not None and old is not None:
+            other, where = self._catch_up(name, i)
+            return block.reordered(old, where[other])
         if block.shape4 is not None:
             self.applied[(name, i)] = self.perm[block.others[0][0]]
-        return new
+        return block.store(self.b[block.key], self.spec.groups[name].size, self.perm)
+
+    def _catch_up(self, name: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(the other group's permutation now, where each of its original units sits in
+        block i's stored rows until now)``; the block is recorded as following the former."""
+        other = self.perm[self.blocks[name][i].others[0][0]]
+        where = torch.argsort(self.applied[(name, i)])  # original unit -> place
+        self.applied[(name, i)] = other
+        return other, where
 
     def _update(self, name: str, moved: dict[int, torch.Tensor]) -> None:
         """Add the stale blocks' change to the cached similarity: for a block whose other
@@ -420,9 +422,7 @@ class _Matcher:
         columns or over the whole block."""
         block, rows_b = self.blocks[name][i], self.b_rows[name]
         if by_columns:
-            other = self.perm[block.others[0][0]]
-            where = torch.argsort(self.applied[(name, i)])  # original unit -> place
-            self.applied[(name, i)] = other
+            other, where = self._catch_up(name, i)
             stored, dim = block.by_unit(rows_b[i])
             new = stored.index_select(dim, where[other[units]])  # the units now at `units`
             diff = block.flat(new - stored.index_select(dim, units))
