@@ -149,3 +149,38 @@ def test_a_numba_that_does_not_import_counts_as_absent(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("PermalignError assignment solver 'jv' needs the optional "
                                   "package: pip install numba")
+
+
+def test_the_keep_step_leaves_feasible_duals_tight_on_every_kept_pair():
+    """After the keep step (row duals set, freed columns' duals raised), every reduced cost is
+    >= 0 and every pair still assigned has reduced cost 0: what the later steps rely on."""
+    from permalign import _warm_kernels as kernels
+    rng = np.random.default_rng(5)
+    sims = list(drifting(rng, 150, 4, 0.05))
+    solver = WarmAssignment()
+    solver(sims[0])
+    for sim in sims[1:]:
+        n = len(sim)
+        u, v, col4row = np.zeros(n), solver.v.copy(), solver.col4row.copy()
+        row4col = np.empty(n, dtype=np.int64)
+        row4col[col4row] = np.arange(n)
+        free, total = kernels.keep_tight(sim, u, v, col4row, row4col)
+        reduced = -sim - u[:, None] - v[None, :]  # (n, n)
+        assert reduced.min() >= -1e-9
+        kept = np.flatnonzero(col4row >= 0)
+        assert np.abs(reduced[kept, col4row[kept]]).max() <= 1e-9
+        assert sorted(free.tolist() + kept.tolist()) == list(range(n))
+        assert (row4col[col4row[kept]] == kept).all() and total == pytest.approx(sim.sum())
+        solver(sim)
+
+
+def test_entries_whose_sum_overflows_are_still_solved():
+    """The warm start checks the entries through their sum; a sum that overflows (finite
+    entries near the float64 limit) is checked entry by entry, not refused."""
+    rng = np.random.default_rng(6)
+    sim = rng.uniform(0.5, 1.0, (20, 20)) * 1e306  # (20, 20); rows sum to ~1.5e307
+    with np.errstate(over="ignore"):
+        assert np.isinf(sim.sum())
+    solver = WarmAssignment()
+    solver(sim)
+    assert value(sim, solver(sim)) == pytest.approx(optimum(sim), rel=1e-12)

@@ -13,27 +13,50 @@ import numpy as np
 
 @numba.njit(cache=True, nogil=True)
 def keep_tight(sim, u, v, col4row, row4col):  # pragma: no cover - compiled
-    """Keep each row whose assigned column still has its lowest reduced cost (setting its
-    ``u``); free the others and their columns. Returns the free rows."""
+    """Set each row's ``u`` to its lowest reduced cost and keep the rows whose assigned column
+    has it. Each other row's column is then lowered in reduced cost as far as feasibility
+    allows (its ``v`` raised to its lowest ``cost - u`` over the rows): the row keeps it if
+    that makes the pair tight, else both are freed. Returns ``(free rows, sum of sim)``: the
+    sum is not finite if some entry is not (or if the sum overflows)."""
     n = sim.shape[0]
     free = np.empty(n, dtype=np.int64)
+    lost = np.empty(n, dtype=np.int64)  # lost[k]: the column free[k] held
     count = 0
+    total = 0.0
     for i in range(n):
         j = col4row[i]
         lowest = np.inf
+        row_sum = 0.0
         for c in range(n):
-            r = (-sim[i, c]) - v[c]
+            x = sim[i, c]
+            row_sum += x
+            r = (-x) - v[c]
             if r < lowest:
                 lowest = r
-        mine = (-sim[i, j]) - v[j]
-        if mine <= lowest:
-            u[i] = mine
-        else:
+        total += row_sum
+        u[i] = lowest
+        if (-sim[i, j]) - v[j] > lowest:
             free[count] = i
+            lost[count] = j
             count += 1
+    if count == 0:
+        return free[:0], total
+    column_low = np.full(count, np.inf)  # (count,) lowest cost - u down each lost column
+    for r in range(n):
+        for k in range(count):
+            x = (-sim[r, lost[k]]) - u[r]
+            if x < column_low[k]:
+                column_low[k] = x
+    kept = 0
+    for k in range(count):
+        i, j = free[k], lost[k]
+        v[j] = column_low[k]  # every reduced cost down column j stays >= 0
+        if (-sim[i, j]) - u[i] - v[j] > 0.0:
             row4col[j] = -1
             col4row[i] = -1
-    return free[:count]
+            free[kept] = i
+            kept += 1
+    return free[:kept], total
 
 
 @numba.njit(cache=True, nogil=True)

@@ -6,8 +6,12 @@ solve from nothing. :class:`WarmAssignment` keeps the column duals ``v`` and the
 its last solve and starts the next one from them (minimising ``cost = -similarity``, read as
 such by the kernels):
 
-1. *Keep*: a row whose assigned column still has its lowest reduced cost ``cost[i, j] - v[j]``
-   keeps it (its dual ``u[i]`` is that cost); every other row and its column are freed.
+1. *Keep*: each row's dual ``u[i]`` becomes its lowest reduced cost ``cost[i, j] - v[j]``; a
+   row whose assigned column has it keeps it. For every other row, its column's dual is raised
+   as far as feasibility allows (to its lowest ``cost - u`` over the rows): the row keeps the
+   column if that makes the pair tight; else both are freed. (Duals of an optimum have about
+   n - 1 ties besides the assignment, so a small change of the matrix breaks many of them;
+   the second step rescues about half of those rows, ``bench/results/warm_assignment.md``.)
 2. *Bid* (Jonker-Volgenant's augmenting row reduction, at most ``BIDS_PER_ROW * n`` bids): a
    free row takes its best column and lowers that column's dual by the gap to its second best,
    freeing the column's owner.
@@ -40,12 +44,13 @@ BIDS_PER_ROW = 4
 DUAL_SPREAD = 10
 
 
-def checked_similarity(similarity: np.ndarray) -> np.ndarray:
-    """``similarity`` as a contiguous float64 square matrix, or a one-line error."""
+def checked_similarity(similarity: np.ndarray, finite: bool = True) -> np.ndarray:
+    """``similarity`` as a contiguous float64 square matrix, or a one-line error; with
+    ``finite``, also one for NaN or Inf entries (else the caller checks them)."""
     similarity = np.ascontiguousarray(similarity, dtype=np.float64)
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise PermalignError(f"assignment needs a square matrix, got shape {similarity.shape}")
-    if not np.isfinite(similarity).all():
+    if finite and not np.isfinite(similarity).all():
         raise PermalignError("similarity matrix has NaN or Inf entries (are the weights finite?)")
     return similarity
 
@@ -90,7 +95,7 @@ class WarmAssignment:
 
     def __call__(self, similarity: np.ndarray) -> np.ndarray:
         k = _compile()
-        sim = checked_similarity(similarity)  # (n, n), maximised
+        sim = checked_similarity(similarity, finite=False)  # (n, n), maximised
         n = len(sim)
         u = np.zeros(n)
         if self.v is not None and len(self.v) == n:
@@ -98,6 +103,7 @@ class WarmAssignment:
             if np.ptp(self.v) > DUAL_SPREAD * n * max(_spread(sim), np.finfo(float).tiny):
                 self.v = None  # duals of a matrix on another scale: start afresh
         if self.v is None or len(self.v) != n:
+            checked_similarity(sim)  # (a warm start checks the entries in its first pass)
             v = np.zeros(n)
             col4row = np.full(n, -1, dtype=np.int64)
             row4col = np.full(n, -1, dtype=np.int64)
@@ -106,7 +112,9 @@ class WarmAssignment:
             v, col4row = self.v.copy(), self.col4row.copy()
             row4col = np.empty(n, dtype=np.int64)
             row4col[col4row] = np.arange(n)
-            free = k.keep_tight(sim, u, v, col4row, row4col)
+            free, total = k.keep_tight(sim, u, v, col4row, row4col)
+            if not np.isfinite(total):
+                checked_similarity(sim)  # a NaN or Inf entry, or only a sum that overflowed
             free = k.bid(sim, v, col4row, row4col, free, BIDS_PER_ROW * n)
             assigned = col4row >= 0
             u[assigned] = -sim[assigned, col4row[assigned]] - v[col4row[assigned]]
