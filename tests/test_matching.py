@@ -382,3 +382,28 @@ def test_kept_rows_of_b_follow_the_permutations(name):
             assert torch.equal(block.rows(b_kept), expected), (group, block.key)
             fresh += (block.rows(a_kept).double() @ expected.double().T)
         assert torch.allclose(sim, fresh, rtol=1e-5, atol=1e-5), group
+
+
+def test_matchings_in_two_user_threads_find_what_each_finds_alone():
+    """The helper threads are shared by every matching of the process: two run from two
+    threads at once (products split over helpers, solves beside updates) give the results
+    each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    from permalign import threads
+    runs = []
+    for name in ("vgg11:width=0.5,norm=ln", "resnet20:width=2,norm=ln"):
+        _, spec, a = random_model(name, seed=0)
+        _, _, b = random_model(name, seed=1)
+        runs.append((spec, a, b))
+    old = threads.PARALLEL_FLOPS
+    try:
+        threads.PARALLEL_FLOPS = 1e5  # split even these small products
+        alone = [weight_matching(*run, seed=0) for run in runs]
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(lambda run: weight_matching(*run, seed=0), runs * 2))
+    finally:
+        threads.PARALLEL_FLOPS = old
+    for solo, (first, second) in zip(alone, zip(together[:2], together[2:])):
+        for both in (first, second):
+            assert same_perm(solo.perm, both.perm) and solo.history == both.history
+            assert both.info["solves_beside_updates"] > 0

@@ -97,7 +97,8 @@ def in_turn(jobs: Sequence[Callable[[], Any]], threads: int) -> list[Any]:
                 for _ in queue:
                     pass
         for future in futures:
-            future.result()
+            if not future.cancel():  # (one not started yet, its pool busy elsewhere, e.g.
+                future.result()  # with another thread's matching: nothing left to do)
     return results
 
 
