@@ -12,6 +12,54 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
+def _row_low(sim, v, i):  # pragma: no cover - compiled
+    """``(min over c of -sim[i, c] - v[c], sum of row i)``, in four interleaved lanes (2.5x
+    faster than one chain of comparisons at n = 512; the minimum is the same number)."""
+    n = sim.shape[0]
+    low0 = low1 = low2 = low3 = np.inf
+    sum0 = sum1 = sum2 = sum3 = 0.0
+    c = 0
+    while c + 4 <= n:
+        x0, x1, x2, x3 = sim[i, c], sim[i, c + 1], sim[i, c + 2], sim[i, c + 3]
+        sum0 += x0
+        sum1 += x1
+        sum2 += x2
+        sum3 += x3
+        low0 = min(low0, (-x0) - v[c])
+        low1 = min(low1, (-x1) - v[c + 1])
+        low2 = min(low2, (-x2) - v[c + 2])
+        low3 = min(low3, (-x3) - v[c + 3])
+        c += 4
+    while c < n:
+        sum0 += sim[i, c]
+        low0 = min(low0, (-sim[i, c]) - v[c])
+        c += 1
+    return min(min(low0, low1), min(low2, low3)), (sum0 + sum1) + (sum2 + sum3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _column_lows(sim, u, columns):  # pragma: no cover - compiled
+    """``min over r of -sim[r, c] - u[r]`` for each c in ``columns``: gathered for a few
+    columns, else over every column in one sequential pass (vectorised: faster from about
+    n / 6 columns at n = 512)."""
+    n, count = sim.shape[0], len(columns)
+    if 6 * count < n:
+        low = np.full(count, np.inf)
+        for r in range(n):
+            for k in range(count):
+                x = (-sim[r, columns[k]]) - u[r]
+                if x < low[k]:
+                    low[k] = x
+        return low
+    every = np.full(n, np.inf)
+    for r in range(n):
+        ur = u[r]
+        for c in range(n):
+            every[c] = min(every[c], (-sim[r, c]) - ur)
+    return every[columns]
+
+
+@numba.njit(cache=True, nogil=True)
 def keep_tight(sim, u, v, col4row, row4col):  # pragma: no cover - compiled
     """Set each row's ``u`` to its lowest reduced cost and keep the rows whose assigned column
     has it. Each other row's column is then lowered in reduced cost as far as feasibility
@@ -25,14 +73,7 @@ def keep_tight(sim, u, v, col4row, row4col):  # pragma: no cover - compiled
     total = 0.0
     for i in range(n):
         j = col4row[i]
-        lowest = np.inf
-        row_sum = 0.0
-        for c in range(n):
-            x = sim[i, c]
-            row_sum += x
-            r = (-x) - v[c]
-            if r < lowest:
-                lowest = r
+        lowest, row_sum = _row_low(sim, v, i)
         total += row_sum
         u[i] = lowest
         if (-sim[i, j]) - v[j] > lowest:
@@ -41,12 +82,7 @@ def keep_tight(sim, u, v, col4row, row4col):  # pragma: no cover - compiled
             count += 1
     if count == 0:
         return free[:0], total
-    column_low = np.full(count, np.inf)  # (count,) lowest cost - u down each lost column
-    for r in range(n):
-        for k in range(count):
-            x = (-sim[r, lost[k]]) - u[r]
-            if x < column_low[k]:
-                column_low[k] = x
+    column_low = _column_lows(sim, u, lost[:count])  # (count,)
     kept = 0
     for k in range(count):
         i, j = free[k], lost[k]

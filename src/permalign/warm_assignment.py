@@ -10,8 +10,8 @@ such by the kernels):
    row whose assigned column has it keeps it. For every other row, its column's dual is raised
    as far as feasibility allows (to its lowest ``cost - u`` over the rows): the row keeps the
    column if that makes the pair tight; else both are freed. (Duals of an optimum have about
-   n - 1 ties besides the assignment, so a small change of the matrix breaks many of them;
-   the second step rescues about half of those rows, ``bench/results/warm_assignment.md``.)
+   n - 1 tight pairs besides the assignment, so a small change of the matrix leaves many rows
+   a column cheaper than their own; raising the columns' duals keeps many of those rows.)
 2. *Bid* (Jonker-Volgenant's augmenting row reduction, at most ``BIDS_PER_ROW * n`` bids): a
    free row takes its best column and lowers that column's dual by the gap to its second best,
    freeing the column's owner.
