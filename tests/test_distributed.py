@@ -128,7 +128,11 @@ def _close(a, b, where: str, scale: float = 0.0) -> None:
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    single = compute()
+    threads = torch.get_num_threads()
+    try:
+        single = compute()
+    finally:  # (compute sets one thread, as in the workers; later tests expect the default)
+        torch.set_num_threads(threads)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r, result in enumerate(ranks):
         _close(single, result, f"rank{r}")

@@ -395,12 +395,15 @@ def test_matchings_in_two_user_threads_find_what_each_finds_alone():
         _, spec, a = random_model(name, seed=0)
         _, _, b = random_model(name, seed=1)
         runs.append((spec, a, b))
+    def match(run):  # in a thread of the user's, with 2 threads of its own
+        torch.set_num_threads(2)
+        return weight_matching(*run, seed=0)
     old = threads.PARALLEL_FLOPS
     try:
         threads.PARALLEL_FLOPS = 1e5  # split even these small products
         alone = [weight_matching(*run, seed=0) for run in runs]
         with ThreadPoolExecutor(2) as pool:
-            together = list(pool.map(lambda run: weight_matching(*run, seed=0), runs * 2))
+            together = list(pool.map(match, runs * 2))
     finally:
         threads.PARALLEL_FLOPS = old
     for solo, (first, second) in zip(alone, zip(together[:2], together[2:])):
