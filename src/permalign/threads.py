@@ -107,16 +107,34 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor, threads: int,
     """``a @ b.T`` for ``a`` (n, k) and ``b`` (m, k), or with ``add_to`` (n, m) that sum added
     into it in place (fused, no temporary; returned); large CPU products in blocks of
     :data:`BLOCK_ROWS` rows of ``a`` shared by up to ``threads`` threads (:func:`in_turn`)."""
-    n = a.shape[0]
-    if a.device.type != "cpu" or 2.0 * n * b.shape[0] * a.shape[1] < PARALLEL_FLOPS:
-        return a @ b.T if add_to is None else add_to.addmm_(a, b.T)
-    out = (torch.empty(n, b.shape[0], dtype=torch.result_type(a, b)) if add_to is None
-           else add_to)
+    if add_to is None:
+        if a.device.type != "cpu" or 2.0 * a.shape[0] * b.shape[0] * a.shape[1] < PARALLEL_FLOPS:
+            return a @ b.T
+        add_to = torch.zeros(a.shape[0], b.shape[0], dtype=torch.result_type(a, b),
+                             device=a.device)
+    return add_products([(a, b)], threads, add_to)
+
+
+def add_products(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], threads: int,
+                 out: torch.Tensor) -> torch.Tensor:
+    """``out += sum of a @ b.T`` over ``pairs`` (each ``a`` (n, k_i), ``b`` (m, k_i); ``out``
+    (n, m)), in place, the pairs added in order; returns ``out``. Large CPU sums go in blocks
+    of :data:`BLOCK_ROWS` rows of ``out``, each block adding every pair's product in turn, shared
+    by up to ``threads`` threads: one hand-out for the whole sum (per pair, the threads would
+    wait for each other after every product), and the same bits as pair by pair."""
+    n = out.shape[0]
+    flops = sum(2.0 * n * b.shape[0] * a.shape[1] for a, b in pairs)
+    if out.device.type != "cpu" or flops < PARALLEL_FLOPS:
+        for a, b in pairs:
+            out.addmm_(a, b.T)
+        return out
 
     def block(rows: slice) -> Callable[[], Any]:
-        if add_to is None:
-            return lambda: torch.mm(a[rows], b.T, out=out[rows])
-        return lambda: out[rows].addmm_(a[rows], b.T)
+        def add() -> None:
+            part = out[rows]  # (rows, m)
+            for a, b in pairs:
+                part.addmm_(a[rows], b.T)
+        return add
     in_turn([block(slice(start, min(start + BLOCK_ROWS, n)))
              for start in range(0, n, BLOCK_ROWS)], threads)
     return out

@@ -58,7 +58,8 @@ from ..permutation import (identity_permutation, on_slice, permute_tensor,
                            random_permutation, selected, unit_view)
 from ..spec import Member, Permutation, PermutationSpec
 from ..statedict import float_state, permuted_view
-from ..threads import beside, in_turn, matmul_nt, threads_for_copies, torch_threads
+from ..threads import (add_products, beside, in_turn, matmul_nt, threads_for_copies,
+                       torch_threads)
 from .base import MatchResult, Option, default_similarity_key, register, solver_option
 from .init import run_from_starts
 
@@ -406,10 +407,9 @@ class _Matcher:
             factors = in_turn([functools.partial(self._change_of, name, i, moved[i],
                                                  columns[i] > 0)
                                for i in changed[start:start + threads]], threads)
-            for a, diff in factors:  # (n, c) each
-                if direct:
-                    a, diff = a.double(), diff.double()
-                matmul_nt(a, diff, self.threads, add_to=change)
+            if direct:
+                factors = [(a.double(), diff.double()) for a, diff in factors]
+            add_products(factors, self.threads, change)  # (n, c) each
             del factors
         self.updates += 1
         if not direct:
@@ -453,8 +453,9 @@ class _Matcher:
         if self.sim[name] is None:
             size = self.spec.groups[name].size
             sim = torch.zeros(size, size, device=self.b_device)  # (n, n), float32 sums
-            for block, a, b in zip(self.blocks[name], self.a_rows[name], self.b_rows[name]):
-                matmul_nt(block.rows(a), block.rows(b), self.threads, add_to=sim)  # (n, d)
+            add_products([(block.rows(a), block.rows(b)) for block, a, b in  # (n, d) each
+                          zip(self.blocks[name], self.a_rows[name], self.b_rows[name])],
+                         self.threads, sim)
             self.sim[name] = sim.double()
         self.time_similarity += time.perf_counter() - start
 
