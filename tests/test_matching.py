@@ -396,7 +396,8 @@ def test_matchings_in_two_user_threads_find_what_each_finds_alone():
         _, _, b = random_model(name, seed=1)
         runs.append((spec, a, b))
     def match(run):  # in a thread of the user's, with 2 threads of its own
-        torch.set_num_threads(2)
+        torch.get_num_threads()  # (a thread's first call takes the count last set by any
+        torch.set_num_threads(2)  # thread, maybe 1 by the other matching: set it after)
         return weight_matching(*run, seed=0)
     old = threads.PARALLEL_FLOPS
     try:
