@@ -227,13 +227,16 @@ def test_auto_solver_picks_by_size(monkeypatch):
     monkeypatch.setattr(lap, "has_numba", lambda: True)
     assert lap.choose(64) == "scipy" and lap.choose(lap.LAPJV_FROM) == "lap"
     assert lap.choose(64, warm=True) == "scipy" and lap.choose(lap.JV_FROM, warm=True) == "jv"
-    assert lap.choose(lap.LAPJV_FROM, warm=True) == "lap"
+    # a group's successive similarities: warm-started at every size from JV_FROM on
+    assert lap.choose(lap.LAPJV_FROM, warm=True) == "jv" and lap.choose(10 ** 5, warm=True) == "jv"
     # a run that pays numba's one-off cost for a large group also warm-starts mid-sized ones
     mid = lap.JV_BESIDE_LARGER_FROM
     assert lap.choose(mid, warm=True, paid=True) == "jv"
     assert lap.choose(mid - 1, warm=True, paid=True) == "scipy"
     assert lap.choose(mid, warm=True) == "scipy"
     assert lap.choose(mid, warm=False, paid=True) == "scipy"
+    monkeypatch.setattr(lap, "has_numba", lambda: False)
+    assert lap.choose(lap.LAPJV_FROM, warm=True) == "lap"
     monkeypatch.setattr(lap, "has_lapjv", lambda: False)
     assert lap.choose(10 ** 5) == "scipy" and lap.choose(10 ** 5, warm=True) == "scipy"
     sim = np.random.default_rng(0).standard_normal((30, 30))
@@ -288,7 +291,7 @@ def test_warm_start_of_mid_sized_groups_follows_the_run(monkeypatch):
     from permalign.warm_assignment import has_numba
     if not has_numba():
         pytest.skip("numba not installed")
-    for widths, paid in (((256, 512), True), ((256, 256), False), ((256, 4096), False)):
+    for widths, paid in (((256, 512), True), ((256, 256), False), ((256, 4096), True)):
         spec = PermutationSpec()
         shapes = {"l0.weight": (widths[0], 8), "l1.weight": (widths[1], widths[0]),
                   "l2.weight": (3, widths[1])}

@@ -184,3 +184,30 @@ def test_entries_whose_sum_overflows_are_still_solved():
     solver = WarmAssignment()
     solver(sim)
     assert value(sim, solver(sim)) == pytest.approx(optimum(sim), rel=1e-12)
+
+
+def test_large_groups_are_warm_started_not_handed_to_lapjv(monkeypatch):
+    """Weight matching's successive similarities of groups of LAPJV_FROM units and more go to
+    the warm-started solver (a one-off solve of that size goes to LAPJV): here the sizes are
+    lowered and LAPJV claimed installed but absent, so a hand-over to it would fail."""
+    import torch
+    from permalign.match import weight_matching
+    from permalign.spec import Member, PermutationSpec
+    if lap.has_lapjv():
+        pytest.skip("lap is installed: the absent-LAPJV probe does not apply")
+    monkeypatch.setattr(lap, "LAPJV_FROM", 64)
+    monkeypatch.setattr(lap, "JV_FROM", 64)
+    monkeypatch.setattr(lap, "has_lapjv", lambda: True)
+    spec = PermutationSpec()
+    spec.add_group("h0", 96, [Member("l0.weight", 0), Member("l1.weight", 1)])
+    spec.add_group("h1", 96, [Member("l1.weight", 0), Member("l2.weight", 1)])
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"l0.weight": (96, 8), "l1.weight": (96, 96), "l2.weight": (4, 96)}
+    a, b = ({k: torch.randn(*s, generator=generator) for k, s in shapes.items()}
+            for _ in range(2))
+    warm = weight_matching(spec, a, b, seed=0, init=None, solver="auto")
+    cold = weight_matching(spec, a, b, seed=0, init=None, solver="scipy")
+    assert same_perm(warm.perm, cold.perm) and warm.history == pytest.approx(cold.history)
+    assert warm.info["solves"] > len(spec.groups)  # warm solves happened
+    with pytest.raises(PermalignError, match="pip install lap"):
+        lap.solve(np.eye(64), "auto")  # a one-off solve of that size: LAPJV

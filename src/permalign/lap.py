@@ -7,10 +7,12 @@ size from measurements on weight-matching similarities (``bench/lap_solvers.py``
 optional ``lap`` or ``lapx`` package above it when one is installed (SciPy otherwise).
 
 ``assigner(solver)`` gives a solver for the successive similarities of one group (weight
-matching's coordinate descent): with ``auto``, from :data:`JV_FROM` to :data:`LAPJV_FROM` units
-(from :data:`JV_BESIDE_LARGER_FROM` in a run that warm-starts such a group) and the optional
+matching's coordinate descent): with ``auto``, from :data:`JV_FROM` units on (from
+:data:`JV_BESIDE_LARGER_FROM` in a run that warm-starts such a group) and the optional
 ``numba`` package installed, that is ``jv``, warm-started from the group's previous solve
-(:mod:`permalign.warm_assignment`): SciPy's optimum in less time.
+(:mod:`permalign.warm_assignment`): SciPy's optimum in less time, at every size (its first,
+cold solve is the fastest measured up to 2048 units and 1.2-1.5x slower than LAPJV from 4096;
+the warm ones that follow take a fraction of a cold solve).
 """
 from __future__ import annotations
 
@@ -70,16 +72,22 @@ JV_FROM = 512
 # 128 units that bench gave 1.8x but a re-run on recorded ResNet-20 x8 and VGG-16 sequences
 # came out about even (0.1 ms a solve either way), so 256.
 JV_BESIDE_LARGER_FROM = 256
+# Successive similarities of groups of 2048 units and more go to jv too, not to LAPJV: whole
+# weight-matching runs of trained 784-n-n-10 MLPs took 3.0x less time at n = 2048 and 4.1x
+# less at 4096 than with LAPJV (bench/lap_solvers.py --runs, bench/results/lap_solvers.md),
+# the same permutations; LAPJV stays the choice for one-off solves of that size.
 
 
 def choose(size: int, warm: bool = False, paid: bool = False) -> str:
     """The solver ``auto`` uses for an ``(size, size)`` matrix; ``warm``: one of a sequence of
     similarities of one group (:func:`assigner`); ``paid``: in a run that warm-starts another
     group of :data:`JV_FROM` units or more (numba's one-off cost is paid anyway)."""
+    smallest = min(JV_FROM, JV_BESIDE_LARGER_FROM) if paid else JV_FROM
+    if warm and size >= smallest and has_numba():
+        return "jv"
     if size >= LAPJV_FROM:
         return "lap" if has_lapjv() else "scipy"
-    smallest = JV_BESIDE_LARGER_FROM if paid else JV_FROM
-    return "jv" if warm and size >= smallest and has_numba() else "scipy"
+    return "scipy"
 
 
 def _checked(similarity: np.ndarray, solver: str) -> np.ndarray:

@@ -187,5 +187,5 @@ def solver_option() -> Option:
     from ..lap import SOLVERS
     return Option("solver", str, "auto", "linear-assignment solver (auto: SciPy; weight "
                   "matching's groups of 512+ units warm-started with jv when numba is "
-                  "installed, 2048+ with LAPJV when the lap package is)",
+                  "installed; other solves of 2048+ units with LAPJV when lap is)",
                   choices=("auto", *SOLVERS))
