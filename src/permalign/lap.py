@@ -60,15 +60,15 @@ def has_lapjv() -> bool:
     return importlib.util.find_spec("lap") is not None
 
 
-# The warm-started solver took 2.3x less time than SciPy per solve at n = 512 on the successive
-# similarities of trained MLP, ResNet-20 x8 and VGG-16 runs (3.5 ms saved per solve), 2.1x at
-# 256 (0.8 ms) and 1.8x at 128 (bench/warm_assignment.py; 2.7x, 2.2x, 1.9x in an earlier run
-# on a less loaded machine). A process pays about 0.4-0.5 s once to import numba and load the
-# compiled kernels: below 512 units that takes hundreds to thousands of solves to repay, at
-# 512 about 150 (one run of weight matching on the MLP 3x512 makes 40-50).
+# The warm-started solver took 3.0x less time than SciPy per solve at n = 512 on the successive
+# similarities of trained MLP, ResNet-20 x8 and VGG-16 runs (3.5 ms saved per solve), 2.3x at
+# 256 (0.6 ms) and 1.8x at 128 (bench/warm_assignment.py; 2.3x, 2.1x, 1.8x before the keep
+# step raised freed columns' duals). A process pays about 0.3-0.5 s once to import numba and
+# load the compiled kernels: below 512 units that takes hundreds to thousands of solves to
+# repay, at 512 about 100-150 (one run of weight matching on the MLP 3x512 makes 40-50).
 JV_FROM = 512
 # Once a run pays that one-off cost for a group of JV_FROM units, its groups from this size on
-# take jv too: 2.1x less time per solve at 256 units in bench/results/warm_assignment.md; at
+# take jv too: 2.3x less time per solve at 256 units in bench/results/warm_assignment.md; at
 # 128 units that bench gave 1.8x but a re-run on recorded ResNet-20 x8 and VGG-16 sequences
 # came out about even (0.1 ms a solve either way), so 256.
 JV_BESIDE_LARGER_FROM = 256
@@ -113,8 +113,8 @@ def solve(similarity: np.ndarray, solver: str = "scipy") -> np.ndarray:
 
 def assigner(solver: str = "auto", paid: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """A solver for successive similarities of one group, ``similarity -> perm`` as
-    :func:`solve`; ``jv`` (``auto``'s choice from :data:`JV_FROM` to :data:`LAPJV_FROM` units
-    when numba is installed, and from :data:`JV_BESIDE_LARGER_FROM` when ``paid``: the run
+    :func:`solve`; ``jv`` (``auto``'s choice from :data:`JV_FROM` units on when numba is
+    installed, and from :data:`JV_BESIDE_LARGER_FROM` when ``paid``: the run
     warm-starts such a group too) starts each solve from the previous one's duals and
     assignment."""
     warm: dict[int, WarmAssignment] = {}  # by size: ``auto`` may choose per size
