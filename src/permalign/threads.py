@@ -121,7 +121,8 @@ def add_products(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], threads: in
     (n, m)), in place, the pairs added in order; returns ``out``. Large CPU sums go in blocks
     of :data:`BLOCK_ROWS` rows of ``out``, each block adding every pair's product in turn, shared
     by up to ``threads`` threads: one hand-out for the whole sum (per pair, the threads would
-    wait for each other after every product), and the same bits as pair by pair."""
+    wait for each other after every product). The blocks depend on the shapes alone: the same
+    bits for any thread count."""
     n = out.shape[0]
     flops = sum(2.0 * n * b.shape[0] * a.shape[1] for a, b in pairs)
     if out.device.type != "cpu" or flops < PARALLEL_FLOPS:
