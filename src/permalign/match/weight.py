@@ -334,18 +334,21 @@ class _Matcher:
             block = blocks[i]
             moved[i] = None if block.shape4 is None or self.b_rows[name][i] is None else (
                 self.applied[(name, i)] != self.perm[block.others[0][0]]).nonzero().flatten()
-        if (not self.incremental or self.sim[name] is None or None in moved.values()
-                or sum(0 if not len(idx) else COLUMN_COST * self._by_columns(blocks[i], idx)
-                       or BLOCK_COST * blocks[i].width for i, idx in moved.items())
-                >= sum(b.width for b in blocks)):  # (a block rebuilt from B's tensor:
-            # recomputed, its old rows released before the new are made)
+        rebuild = (not self.incremental or self.sim[name] is None
+                   or None in moved.values())  # (a block rebuilt from B's tensor)
+        if not rebuild:
+            columns = {i: self._by_columns(blocks[i], idx) for i, idx in moved.items()}
+            rebuild = sum(0 if not len(idx) else COLUMN_COST * columns[i]
+                          or BLOCK_COST * blocks[i].width for i, idx in moved.items()
+                          ) >= sum(b.width for b in blocks)
+        if rebuild:  # recomputed (a rebuilt block's old rows released before the new are made)
             self.sim[name] = None
             size = self.spec.groups[name].size
             in_turn([functools.partial(self._renew, name, i) for i in stale],
                     threads_for_copies(size * sum(blocks[i].width for i in stale),
                                        self.copy_threads))
             return
-        self._update(name, moved)
+        self._update(name, moved, columns)
 
     def _by_columns(self, block: _Block, units: torch.Tensor) -> int:
         """Columns of an update of ``block`` by the other group's moved ``units``, or 0
@@ -381,15 +384,16 @@ class _Matcher:
         self.applied[(name, i)] = other
         return other, where
 
-    def _update(self, name: str, moved: dict[int, torch.Tensor]) -> None:
+    def _update(self, name: str, moved: dict[int, torch.Tensor], columns: dict[int, int]
+                ) -> None:
         """Add the stale blocks' change to the cached similarity: for a block whose other
-        group moved few units, ``A_cols @ (B_new - B_old)_cols.T`` over those units' columns
-        (and B's rows reordered there); for the others, the whole block's
-        ``A_rows @ (B_new - B_old).T``. The changes are summed in float32 (as a similarity
-        from scratch), then added to the float64 cache; a few columns in all
-        (``DIRECT_COLUMNS``) are multiplied in float64 straight into it."""
+        group moved few units (``columns[i]``: :meth:`_by_columns`, 0 for none or for the
+        whole block), ``A_cols @ (B_new - B_old)_cols.T`` over those units' columns (and B's
+        rows reordered there); for the others, the whole block's ``A_rows @ (B_new -
+        B_old).T``. The changes are summed in float32 (as a similarity from scratch), then
+        added to the float64 cache; a few columns in all (``DIRECT_COLUMNS``) are multiplied
+        in float64 straight into it."""
         blocks = self.blocks[name]
-        columns = {i: self._by_columns(blocks[i], idx) for i, idx in moved.items()}
         for i, idx in moved.items():
             if not len(idx):  # its units are where they were
                 self.applied[(name, i)] = self.perm[blocks[i].others[0][0]]
@@ -403,7 +407,7 @@ class _Matcher:
         threads = threads_for_copies(copies, self.copy_threads)
         for start in range(0, len(changed), threads):  # (a whole block's difference is held
             # until its product: a few at a time)
-            # the blocks' copies by the threads in turn, then the products (each threaded)
+            # the blocks' copies by the threads in turn, then their products in one hand-out
             factors = in_turn([functools.partial(self._change_of, name, i, moved[i],
                                                  columns[i] > 0)
                                for i in changed[start:start + threads]], threads)
